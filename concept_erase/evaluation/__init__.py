@@ -1,0 +1,1 @@
+"""Evaluation: batch generation, concept classifiers, FID/KID, robustness attacks and reports."""

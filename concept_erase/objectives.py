@@ -1,0 +1,70 @@
+"""Unlearning losses on a diffusion UNet, shared by SEMU and the peer methods.
+
+Each loss is a function of the adapted model's prediction ``eps`` (a callable
+``eps(x_t, t, text_embeddings)``) and of the frozen base model's ``base_eps`` (same signature,
+no gradient). Names are what ``SemuConfig(objective=...)`` and ``--objective`` accept.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InvalidConfigError
+
+__all__ = ["OBJECTIVES", "GRADIENT_LOSSES", "forget_loss", "gradient_loss"]
+
+Eps = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def relabel(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, eta: float = 1.0):
+    """SalUn/SEMU relabelling (REFERENCE §1.6): MSE(ε_θ'(x_t, c_f), sg ε_θ(x_t, c_a))."""
+    with torch.no_grad():
+        target = base_eps(x_t, t, c_anchor)
+    return F.mse_loss(eps(x_t, t, c_forget), target)
+
+
+def esd(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, eta: float = 1.0):
+    """ESD negative guidance: MSE(ε_θ'(x_t, c), ε*(x_t, ∅) − η(ε*(x_t, c) − ε*(x_t, ∅)))."""
+    with torch.no_grad():
+        e_null, e_c = base_eps(x_t, t, c_null), base_eps(x_t, t, c_forget)
+        target = e_null - eta * (e_c - e_null)
+    return F.mse_loss(eps(x_t, t, c_forget), target)
+
+
+def gradient_ascent(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, eta: float = 1.0):
+    """Plain gradient ascent on the denoising loss of the forget data: −MSE(ε_θ'(x_t, c_f), ε)."""
+    return -F.mse_loss(eps(x_t, t, c_forget), noise)
+
+
+OBJECTIVES = {"relabel": relabel, "esd": esd, "gradient_ascent": gradient_ascent}
+
+
+def forget_loss(name: str) -> Callable:
+    if name not in OBJECTIVES:
+        raise InvalidConfigError(f"Unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")
+    return OBJECTIVES[name]
+
+
+def guided_ascent(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, guidance: float = 7.5):
+    """The official SEMU SD code's forget-gradient loss: −MSE(ε, (1+w)·ε_θ(x_t, c_f) − w·ε_θ(x_t, ∅))."""
+    guided = (1 + guidance) * eps(x_t, t, c_forget) - guidance * eps(x_t, t, c_null)
+    return -F.mse_loss(guided, noise)
+
+
+def relabel_gradient(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, guidance: float = 7.5):
+    """The relabel loss itself: its gradient at the base weights points where training will go."""
+    with torch.no_grad():
+        target = eps(x_t, t, c_anchor)
+    return F.mse_loss(eps(x_t, t, c_forget), target)
+
+
+GRADIENT_LOSSES = {"guided_ascent": guided_ascent, "relabel": relabel_gradient}
+
+
+def gradient_loss(name: str) -> Callable:
+    if name not in GRADIENT_LOSSES:
+        raise InvalidConfigError(f"Unknown gradient loss {name!r}; choose one of {', '.join(GRADIENT_LOSSES)}.")
+    return GRADIENT_LOSSES[name]

@@ -1,0 +1,67 @@
+"""SEMU's subspace: project the forget gradient perpendicular to the weight, then keep the top
+singular directions by explained variance (REFERENCE §1, steps 3-4; SEMU paper eq. 4-6)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InvalidConfigError
+
+__all__ = ["as_matrix", "project_perpendicular", "select_rank", "gradient_subspace"]
+
+
+def as_matrix(t: torch.Tensor) -> torch.Tensor:
+    """A linear weight ``(out, in)`` as is; a conv kernel ``(out, in, kh, kw)`` as ``(out, in*kh*kw)``."""
+    return t.reshape(t.shape[0], -1)
+
+
+def project_perpendicular(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """G⊥ = G − (⟨G, W⟩_F / ‖W‖_F²) W, so that ⟨G⊥, W⟩_F = 0.
+
+    The official code divides by ‖W‖_F (exact only when ‖W‖_F = 1); this is the exact projection.
+    """
+    norm_sq = (weight * weight).sum()
+    if norm_sq == 0:
+        return grad.clone()
+    return grad - ((grad * weight).sum() / norm_sq) * weight
+
+
+def select_rank(singular_values: torch.Tensor, gamma: float) -> int:
+    """The smallest k whose top-k singular directions explain at least ``gamma`` of the variance.
+
+    Explained variance e_i = s_i² / Σ s_j². The result is at least 1 and at most the numerical
+    rank (singular values above ``max(m, n) · eps · s_max`` count), so ``gamma = 1.0`` keeps every
+    non-zero direction. (The official code's ``searchsorted(cumsum, γ, right)`` can return 0.)
+
+    >>> select_rank(torch.tensor([3.0, 2.0, 1.0, 0.0]), 0.9)  # e = [9, 4, 1] / 14; 13/14 ≥ 0.9
+    2
+    """
+    if not 0 < gamma <= 1:
+        raise InvalidConfigError(f"`gamma` must be in (0, 1] but is {gamma!r}.")
+    s = singular_values.detach().double()
+    if s.numel() == 0 or s.max() <= 0:
+        return 1
+    tol = s.max() * torch.finfo(singular_values.dtype).eps * max(s.numel(), 1) * 4
+    numerical_rank = int((s > tol).sum())
+    energy = s * s
+    cum = torch.cumsum(energy, 0) / energy.sum()
+    k = int((cum < gamma - 1e-12).sum()) + 1  # first index where cum >= gamma, 1-based
+    return max(1, min(k, numerical_rank))
+
+
+def gradient_subspace(grad: torch.Tensor, weight: torch.Tensor, gamma: float, *, max_rank: int | None = None,
+                      project: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``U_r (out, r)``, ``S_r (r,)``, ``V_r (in·k, r)`` of the (projected) gradient of one layer.
+
+    Works on one layer at a time in float64 on the gradient's device; nothing but the factors is kept.
+    """
+    g = as_matrix(grad).double()
+    w = as_matrix(weight).double()
+    if project:
+        g = project_perpendicular(g, w)
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)  # thin SVD: (out, k), (k,), (k, in)
+    r = select_rank(s, gamma)
+    if max_rank is not None:
+        r = min(r, max_rank)
+    dtype = weight.dtype if weight.is_floating_point() else torch.float32
+    return u[:, :r].to(dtype), s[:r].to(dtype), vh[:r].T.contiguous().to(dtype)
