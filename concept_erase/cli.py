@@ -27,12 +27,26 @@ def load_base(base: str, device: str | None = None):
         return world.load_pipeline(device)
     from diffusers import DiffusionPipeline
 
+    from .errors import WeightsNotFoundError
+
     path = Path(base).expanduser()
+    looks_like_path = base.startswith(("/", ".", "~")) or base.count("/") != 1
     if path.exists() and not (path / "model_index.json").is_file():
-        raise ConceptEraseError(f"--base {base!r} is a path but holds no model_index.json (not a diffusers pipeline).")
+        raise WeightsNotFoundError(f"--base {base!r} is a path but holds no model_index.json (not a diffusers pipeline).")
+    if not path.exists() and looks_like_path:
+        raise WeightsNotFoundError(
+            f"--base {base!r} is not an existing directory, nor a hub id of the form 'owner/name'. Pass 'world', a "
+            "local diffusers pipeline directory, or a hub id."
+        )
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else base, torch_dtype=dtype,
-                                             safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else base, torch_dtype=dtype,
+                                                 safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as e:
+        raise WeightsNotFoundError(
+            f"Could not load --base {base!r}: {e.__class__.__name__}: {str(e)[:300]}. Offline? Set HF_HUB_OFFLINE=0 "
+            "or download the pipeline with `huggingface-cli download` and pass its directory."
+        ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -53,8 +67,9 @@ def _concept_from_args(args):
 def _semu_config(args):
     from .semu import SemuConfig
 
-    overrides = {k: getattr(args, k) for k in ("steps", "learning_rate", "gamma", "gamma_cross_attention",
-                                                 "num_forget_images", "seed") if getattr(args, k, None) is not None}
+    keys = ("steps", "learning_rate", "gamma", "gamma_cross_attention", "num_forget_images", "num_retain_images",
+            "sample_steps", "batch_size", "seed")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "target_modules", None):
         overrides["target_modules"] = tuple(args.target_modules)
     if getattr(args, "objective", None):
@@ -186,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--learning-rate", type=float)
     e.add_argument("--gamma", type=float, help="explained-variance threshold outside cross-attention")
     e.add_argument("--gamma-cross-attention", type=float, help="γ on attn2 layers (default 1.0)")
-    e.add_argument("--num-forget-images", type=int)
+    e.add_argument("--num-forget-images", type=int, help="forget images the base model generates (default 32)")
+    e.add_argument("--num-retain-images", type=int, help="retain images the base model generates (default 32)")
+    e.add_argument("--sample-steps", type=int, help="sampler steps when generating those images (default 20)")
+    e.add_argument("--batch-size", type=int)
     e.add_argument("--target-modules", nargs="+", help="glob patterns of UNet module names")
     e.add_argument("--objective", choices=["relabel", "esd", "gradient_ascent"])
     e.add_argument("--seed", type=int)

@@ -135,7 +135,10 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
     def noised(x0, idx):
         t = torch.randint(0, config.max_timestep, (len(idx),), generator=g).to(device)
         noise = torch.randn(x0[idx].shape, generator=g).to(device=device, dtype=x0.dtype)
-        return scheduler.add_noise(x0[idx], noise, t), t, noise
+        # q(x_t | x_0) from ᾱ_t directly: a sampling scheduler's `add_noise` (DPM-Solver++, the world's)
+        # only knows the timesteps of its last `set_timesteps` and noises every other t at the wrong level.
+        a = alphas[t].view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+        return a.sqrt() * x0[idx] + (1 - a).sqrt() * noise, t, noise
 
     def eps(x_t, t, c):
         return unet(x_t, t, encoder_hidden_states=c).sample
