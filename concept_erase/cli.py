@@ -177,6 +177,14 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import METHOD_ORDER, run_bench
+
+    run_bench(args.out, quick=args.quick, methods=args.methods or METHOD_ORDER, concepts=args.concepts,
+              images_per_prompt=args.images_per_prompt, progress=not args.quiet)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="concept-erase", description=__doc__)
@@ -222,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["kohya", "peft"], default="kohya")
     x.add_argument("--out", help="output file (default: FILE.<format>.safetensors)")
     x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="every erasure method on the shapes world: quality vs cost")
+    b.add_argument("--quick", action="store_true", help="one concept, short training: a smoke run (minutes)")
+    b.add_argument("--out", default="bench", help="output directory (bench.json, bench.md, bench.png)")
+    b.add_argument("--methods", nargs="+", choices=["semu", "esd-x", "esd-u", "uce", "gradient-ascent", "task-vector"])
+    b.add_argument("--concepts", nargs="+", help="world presets (default: no-red no-circle no-striped)")
+    b.add_argument("--images-per-prompt", type=int)
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_bench)
 
     w = sub.add_parser("world", help="the shipped shapes world: train, sample, eval")
     wsub = w.add_subparsers(dest="world_command", required=True)
