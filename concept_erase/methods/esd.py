@@ -1,0 +1,138 @@
+"""ESD, Erased Stable Diffusion (Gandikota et al., ICCV 2023; REFERENCE §2): fine-tune a copy of the
+UNet so that, conditioned on the concept, it predicts the frozen model's *negatively guided* noise
+
+    ε_θ(x_t, c, t)  ←  ε*(x_t, t) − η·(ε*(x_t, c, t) − ε*(x_t, t))        (paper eq. 5)
+
+on x_t reached by partially sampling the frozen model with the concept prompt (no dataset).
+ESD-x trains the cross-attention (attn2) layers, ESD-u everything else. The full-weight deltas are
+compressed to LoRA factors (``dense.py``).
+
+Official code: github.com/rohitgandikota/erasing, ``esd_sd.py`` (2024, diffusers) and the CompVis
+code of the paper (``train-scripts/train-esd.py``). Deviation: only the *weights* of the selected
+Linear/Conv2d layers are trained; the official code also trains their biases (≈0.1% of those
+parameters), which a LoRA file cannot carry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..concepts import Concept, resolve_concept
+from ..objectives import esd as esd_loss
+from ..semu.trainer import encode_prompts
+from .common import (
+    MethodConfig, base_eps_of, check_choice, check_finite, check_int, check_lora, check_positive, frozen_unet,
+    functional_eps, weight_modules,
+)
+from .dense import adapter_from_deltas
+
+__all__ = ["EsdConfig", "erase_esd", "TRAIN_METHODS", "partial_sample"]
+
+# Which Linear/Conv2d layers each variant trains (esd_sd.py `get_esd_trainable_parameters`).
+TRAIN_METHODS = {
+    "esd-x": lambda name: "attn2" in name,  # cross-attention: 5.1% of SD 1.x
+    "esd-u": lambda name: "attn2" not in name,  # everything else: 94.9%
+    "esd-all": lambda name: True,
+    "esd-x-strict": lambda name: "attn2.to_k" in name or "attn2.to_v" in name,
+}
+
+
+@dataclass
+class EsdConfig(MethodConfig):
+    """Settings of ESD. Defaults are the official ones (esd_sd.py) unless a comment says otherwise.
+
+    >>> EsdConfig(train_method="esd-u").iterations
+    200
+    """
+
+    train_method: str = "esd-x"  # esd_sd.py --train_method: esd-x | esd-u | esd-all | esd-x-strict
+    # η of paper eq. 5 (and the CompVis code, --negative_guidance 1.0). esd_sd.py writes the target as
+    # ε*(c) − η'(ε*(c) − ε*(∅)) with η' = 2, which is the same target as η = 1 here.
+    negative_guidance: float = 1.0
+    iterations: int = 200  # esd_sd.py --iterations 200 (CompVis code: 1000)
+    learning_rate: float = 5e-5  # esd_sd.py --lr 5e-5, Adam (CompVis code: 1e-5)
+    batch_size: int = 1  # esd_sd.py: batchsize = 1
+    # Partial sampling of x_t with the concept prompt: esd_sd.py runs 50 DDIM steps at guidance 3 and stops
+    # at a uniformly drawn step. Here: the pipeline's own scheduler; 20 steps is the shapes world's sampler
+    # setting (world.SAMPLING); use 50 on Stable Diffusion.
+    sample_steps: int = 20
+    sample_guidance: float = 3.0  # esd_sd.py --guidance_scale 3
+    # LoRA export of the dense deltas (dense.py): largest relative Frobenius error per layer, optional rank cap.
+    lora_max_error: float = 0.01
+    lora_max_rank: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice(self, "train_method", tuple(TRAIN_METHODS))
+        check_int(self, "iterations", "batch_size", "sample_steps")
+        check_positive(self, "learning_rate")
+        check_positive(self, "negative_guidance", "sample_guidance", allow_zero=True)
+        check_lora(self)
+
+
+def partial_sample(pipe, scheduler, c: torch.Tensor, c_null: torch.Tensor, stop: int, *, guidance: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """x at the ``stop``-th timestep of ``scheduler`` (already ``set_timesteps``): ``stop`` sampler steps
+    of the frozen UNet from pure noise with classifier-free guidance. ``c``: ``(B, T, D)``."""
+    unet = pipe.unet
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    shape = (c.shape[0], unet.config.in_channels, *size)
+    x = torch.randn(shape, generator=generator).to(device=c.device, dtype=c.dtype) * scheduler.init_noise_sigma
+    cond = torch.cat([c_null.expand(c.shape[0], -1, -1), c])
+    with torch.no_grad():
+        for t in scheduler.timesteps[:stop]:
+            inp = scheduler.scale_model_input(torch.cat([x, x]), t)
+            e_null, e_c = unet(inp, t, encoder_hidden_states=cond).sample.chunk(2)
+            x = scheduler.step(e_null + guidance * (e_c - e_null), t, x).prev_sample
+    return x
+
+
+def erase_esd(pipe, concept: Concept | str | dict, config: EsdConfig | None = None, *,
+              progress: bool = True):
+    """Erase ``concept`` from ``pipe`` with ESD; returns an adapter, the pipeline is unchanged.
+
+    >>> adapter = erase_esd(pipe, "no-red", EsdConfig(train_method="esd-x"))  # doctest: +SKIP
+    """
+    concept = resolve_concept(concept)
+    config = config or EsdConfig()
+    start = time.perf_counter()
+    unet = pipe.unet
+    modules = weight_modules(unet, TRAIN_METHODS[config.train_method])
+    g = torch.Generator().manual_seed(config.seed)
+    # A private scheduler: the pipeline's keeps its state. Same class and noise schedule.
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    c_f = encode_prompts(pipe, concept.forget)  # (P, T, D)
+    c_null = encode_prompts(pipe, [""])  # (1, T, D)
+
+    with frozen_unet(unet):
+        params = {f"{n}.weight": m.weight.detach().clone().requires_grad_(True) for n, m in modules.items()}
+        eps, base_eps = functional_eps(unet, params), base_eps_of(unet)
+        opt = torch.optim.Adam(params.values(), lr=config.learning_rate)
+        bar = tqdm(range(config.iterations), desc=f"esd {concept.name}", disable=not progress)
+        loss_value = None
+        for it in bar:
+            fi = torch.randint(0, len(concept.forget), (config.batch_size,), generator=g)
+            stop = int(torch.randint(0, config.sample_steps, (1,), generator=g))  # run_till_timestep
+            scheduler.set_timesteps(config.sample_steps, device=c_f.device)
+            x_t = partial_sample(pipe, scheduler, c_f[fi], c_null, stop, guidance=config.sample_guidance, generator=g)
+            t = scheduler.timesteps[stop].expand(config.batch_size)
+            null = c_null.expand(config.batch_size, -1, -1)
+            loss = esd_loss(eps, base_eps, x_t, t, None, c_f[fi], None, null, eta=config.negative_guidance)
+            check_finite(loss, "ESD loss", it)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_value = loss.item()
+            bar.set_postfix(loss=f"{loss_value:.4f}", t=int(t[0]))
+        del opt
+        deltas = ((n, params[f"{n}.weight"].detach() - m.weight) for n, m in modules.items())
+        return adapter_from_deltas(
+            deltas, unet=unet, pipe=pipe, method=config.train_method, concept=concept, config=config,
+            trainable_parameters=sum(m.weight.numel() for m in modules.values()), start=start,
+            max_error=config.lora_max_error, max_rank=config.lora_max_rank, extra={"final_loss": loss_value},
+        )
