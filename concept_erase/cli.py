@@ -83,13 +83,31 @@ def _file_size(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- commands
+def _parse_settings(items) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConceptEraseError(f"--set expects KEY=VALUE, got {item!r}.")
+        key, value = item.split("=", 1)
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
 def cmd_erase(args) -> int:
-    from . import erase
+    from .methods import erase_with
 
     concept = _concept_from_args(args)
-    config = _semu_config(args)
+    settings = _parse_settings(args.set)
+    if args.method == "semu":
+        config = _semu_config(args)
+        overrides = settings
+    else:
+        config, overrides = None, settings
     pipe = load_base(args.base, args.device)
-    adapter = erase(pipe, concept, config, progress=not args.quiet)
+    adapter = erase_with(args.method, pipe, concept, progress=not args.quiet, config=config, **overrides)
     out = adapter.save(args.out)
     print(adapter.summary())
     print(f"file          {out} ({_file_size(out)})")
@@ -197,7 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_quickstart)
 
-    e = sub.add_parser("erase", help="train an unlearning adapter with SEMU")
+    e = sub.add_parser("erase", help="train an unlearning adapter (SEMU by default, or a peer method)")
+    e.add_argument("--method", default="semu",
+                   choices=["semu", "esd-x", "esd-u", "uce", "gradient-ascent", "task-vector"])
+    e.add_argument("--set", nargs="+", metavar="KEY=VALUE",
+                   help="any setting of the method's config, e.g. --set iterations=100 (ESD) lamb=0.1 (UCE)")
     e.add_argument("--base", default="world", help="'world', a local diffusers pipeline directory, or a hub id")
     e.add_argument("--preset", help="a named preset (see --list-presets) or a preset JSON file")
     e.add_argument("--forget", nargs="+", help="forget prompts")
@@ -205,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--retain", nargs="+", help="retain prompts (optional)")
     e.add_argument("--name", help="concept name stored in the adapter")
     e.add_argument("--out", required=True, help="output .safetensors file")
-    e.add_argument("--steps", type=int)
+    e.add_argument("--steps", type=int, help="SEMU settings (for other methods use --set)")
     e.add_argument("--learning-rate", type=float)
     e.add_argument("--gamma", type=float, help="explained-variance threshold outside cross-attention")
     e.add_argument("--gamma-cross-attention", type=float, help="γ on attn2 layers (default 1.0)")

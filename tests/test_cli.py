@@ -81,3 +81,17 @@ def test_bad_file_for_info(tmp_path, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "concept_erase.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "quickstart" in result.stdout and "erase" in result.stdout
+
+
+def test_erase_with_a_peer_method_and_settings(tiny_pipe_dir, tmp_path):
+    out = tmp_path / "uce.safetensors"
+    assert main(["erase", "--method", "uce", "--base", str(tiny_pipe_dir), "--forget", "a red circle",
+                 "--anchor", "a gray circle", "--set", "lamb=0.1", "--out", str(out), "--quiet"]) == 0
+    meta = UnlearningAdapter.load(out).metadata
+    assert meta["method"] == "uce" and meta["config"]["lamb"] == 0.1
+
+
+def test_bad_setting_names_the_valid_ones(tiny_pipe_dir, tmp_path, capsys):
+    assert main(["erase", "--method", "uce", "--base", str(tiny_pipe_dir), "--forget", "a red circle",
+                 "--anchor", "a gray circle", "--set", "nope=1", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "has no setting 'nope'" in capsys.readouterr().err
