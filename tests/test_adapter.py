@@ -167,7 +167,7 @@ def test_wrong_architecture_is_refused_before_touching_weights(adapters):
     pipe = build_tiny_pipeline()
     pipe.unet = build_unet(WorldArchitecture(image_size=32, unet_channels=(32, 64, 64), text_width=32), 16)
     state = _state(pipe)
-    with pytest.raises(ArchitectureMismatchError, match=r"layer 'down_blocks\.1\..*' has weight shape \(64, 32\).*\(32, 32\)"):
+    with pytest.raises(ArchitectureMismatchError, match=r"layer '.*attn2.*' has weight shape \(64, 32\).*\(32, 32\)"):
         pipe.load_unlearning_adapter(adapters[0])
     assert _same_state(state, _state(pipe)) and not pipe.unlearning_adapters
     assert not any("lora" in k for k in pipe.unet.state_dict())

@@ -1,0 +1,92 @@
+"""The models an evaluation compares: the base pipeline and the same pipeline with each adapter."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidConfigError
+from .generate import file_sha256, safe_name
+from .prompts import target_name
+
+__all__ = ["EvalModel", "resolve_models", "use_model", "encode_images"]
+
+
+@dataclass
+class EvalModel:
+    """``adapter=None`` is the base model."""
+
+    name: str
+    adapter: Path | None = None
+    sha256: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def target(self) -> str | None:
+        concept = self.metadata.get("concept") or {}
+        return target_name(concept.get("target")) if isinstance(concept, dict) else None
+
+    def describe(self) -> dict:
+        concept = self.metadata.get("concept") or {}
+        return {"adapter": str(self.adapter) if self.adapter else None, "sha256": self.sha256,
+                "method": self.metadata.get("method"), "concept": concept.get("name") if isinstance(concept, dict) else None,
+                "target": self.target}
+
+
+def resolve_models(adapters: list[str]) -> list[EvalModel]:
+    """``[base, adapter 1, ...]``; adapter names come from their file names, made unique."""
+    from ..adapter import UnlearningAdapter
+    from ..loading import resolve_adapter
+
+    models = [EvalModel("base")]
+    for spec in adapters:
+        path = resolve_adapter(spec)
+        name = safe_name(path.stem)
+        taken = {m.name for m in models}
+        if name in taken:
+            i = 2
+            while f"{name}-{i}" in taken:
+                i += 1
+            name = f"{name}-{i}"
+        metadata = UnlearningAdapter.load(path).metadata  # validates the file before anything is generated
+        models.append(EvalModel(name, path, file_sha256(path), metadata))
+    return models
+
+
+@contextlib.contextmanager
+def use_model(pipe, model: EvalModel, *, scale: float = 1.0, fuse: bool = True):
+    """Within the block ``pipe`` is ``model``: the adapter loaded (and fused, for speed), then removed,
+    restoring the base weights exactly."""
+    loaded = getattr(pipe, "unlearning_adapters", {})
+    if loaded:
+        raise InvalidConfigError(
+            f"The pipeline already has unlearning adapters loaded ({', '.join(loaded)}); evaluate needs the plain "
+            "base model. Call `pipe.unload_unlearning_adapter()` first."
+        )
+    if model.adapter is None:
+        yield pipe
+        return
+    name = pipe.load_unlearning_adapter(model.adapter, adapter_name=model.name, scale=scale)
+    try:
+        if fuse:
+            pipe.fuse_unlearning_adapter()
+        yield pipe
+    finally:
+        pipe.unload_unlearning_adapter(name)
+
+
+@torch.no_grad()
+def encode_images(pipe, images: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
+    """``(B, 3, H, W)`` images in [0, 1] -> clean latents ``(B, C, h, w)`` in the UNet's space."""
+    vae = pipe.vae
+    device = pipe._execution_device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(device=device, dtype=vae.dtype) * 2 - 1
+        latents = vae.encode(x).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        out.append(((latents - shift) * vae.config.scaling_factor).float())
+    return torch.cat(out) if out else torch.zeros(0)
