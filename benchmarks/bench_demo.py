@@ -1,4 +1,4 @@
-"""Benchmark: time from clicking Generate to the first image pair, on the world model (issue 5).
+"""Benchmark: time from clicking Generate to the first image pair, on the world model.
 
 Target: ≤ 5 s on 2 CPU cores. Two figures, each the median of ``--runs`` timed runs after one warm-up:
 
@@ -61,7 +61,7 @@ def main() -> None:
 
     import concept_erase  # noqa: F401  (attaches the pipeline methods)
     from concept_erase import world
-    from concept_erase.demo_app import build_demo, discover_adapters, generate_pair, launch
+    from concept_erase.demo import build_demo, discover_adapters, generate_pair, launch
 
     pipe = world.load_pipeline("cpu", weights_dir=args.weights)
     try:

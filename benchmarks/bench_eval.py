@@ -5,7 +5,7 @@
 
 For each shipped adapter, one eval of base vs adapter on all the forget, paraphrase and retain
 prompts of its preset, 4 images per prompt, FID/KID with world features (what
-``concept-erase eval --adapter NAME --prompts NAME`` does). Target (issue 4): <= 5 minutes on 2
+``concept-erase eval --adapter NAME --prompts NAME`` does). Target: <= 5 minutes on 2
 CPU cores. Peak memory must stay flat as the number of images grows (the metrics keep sums, not
 images): the same evaluation also runs with 1 image per prompt and the two peaks are compared.
 Each run is a fresh subprocess in a fresh directory (no resumed images), measured with

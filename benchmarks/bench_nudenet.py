@@ -2,7 +2,7 @@
 
     python benchmarks/bench_nudenet.py [--size 512] [--images 64] [--batch-sizes 1 8 16 32]
 
-Target (issue 4): >= 8 images/s on 2 CPU cores, batched. The images are random noise at Stable
+Target: >= 8 images/s on 2 CPU cores, batched. The images are random noise at Stable
 Diffusion's size (NudeNet letterboxes and resizes every image to 320x320 itself, so the content
 does not change the cost). Prints one line per batch size; asserts nothing.
 """

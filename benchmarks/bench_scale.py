@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 6, item 3): SEMU vs ESD-x vs UCE on the Stable Diffusion 1.5 UNet.
+"""Scale benchmark: SEMU vs ESD-x vs UCE on the Stable Diffusion 1.5 UNet.
 
     python benchmarks/bench_scale.py [--quick] [--out scale.json]
     python benchmarks/bench_scale.py --device cuda --dtype bf16 --latent 64 --steps 5
@@ -215,7 +215,7 @@ def make_concept(n_prompts: int):
 
 # ---------------------------------------------------------------- one run (in a subprocess)
 def _target_bytes(pipe, patterns) -> tuple[int, int, int]:
-    from concept_erase.semu.targets import find_targets
+    from concept_erase.methods.common import select_modules as find_targets
 
     sizes = [m.weight.numel() * m.weight.element_size() for m in find_targets(pipe.unet, patterns).values()]
     return len(sizes), sum(sizes), max(sizes)
@@ -226,8 +226,8 @@ def _control_backward(pipe, patterns, concept, phases: Phases) -> None:
     import torch
 
     from concept_erase.objectives import gradient_loss
-    from concept_erase.semu.targets import find_targets
-    from concept_erase.semu.trainer import encode_prompts
+    from concept_erase.methods.common import select_modules as find_targets
+    from concept_erase.diffusion import encode_prompts
 
     unet = pipe.unet
     weights = [m.weight for m in find_targets(unet, patterns).values()]
@@ -280,13 +280,13 @@ def run_one(spec: dict) -> dict:
     from concept_erase.methods import erase_with
 
     if method == "semu":
-        import concept_erase.semu.trainer as trainer
+        import concept_erase.methods.semu.trainer as trainer
 
         patterns = LAYER_SETS[spec["layers"]]
         result["layers_n"], result["grad_bytes_all"], result["grad_bytes_max_layer"] = _target_bytes(pipe, patterns)
         if spec.get("control"):
             _control_backward(pipe, patterns, concept, phases)
-        gen, svd, inject = trainer.generate_latents, trainer.gradient_subspace, trainer.inject_
+        gen, svd, inject = trainer.prompt_latents, trainer.gradient_subspace, trainer.inject_
         calls = {"gen": 0, "svd": 0}
         n_gen = 2  # forget and retain latents
 
@@ -313,7 +313,7 @@ def run_one(spec: dict) -> dict:
             phases.mark("train")
             return inject(*a, **k)
 
-        trainer.generate_latents, trainer.gradient_subspace, trainer.inject_ = gen_, svd_, inject_
+        trainer.prompt_latents, trainer.gradient_subspace, trainer.inject_ = gen_, svd_, inject_
         n_images = spec["prompts"] * spec["images_per_prompt"]
         phases.start("data")
         try:
@@ -321,7 +321,7 @@ def run_one(spec: dict) -> dict:
                                  num_forget_images=n_images, num_retain_images=n_images,
                                  sample_steps=spec["sample_steps"], batch_size=1, gradient_batches=n_images)
         finally:
-            trainer.generate_latents, trainer.gradient_subspace, trainer.inject_ = gen, svd, inject
+            trainer.prompt_latents, trainer.gradient_subspace, trainer.inject_ = gen, svd, inject
         phases.mark(None)
         result["gradient_batches"] = n_images
         result["s_per_gradient_batch"] = phases.times["gradient"] / n_images

@@ -1,4 +1,4 @@
-"""Benchmark of SEMU on the shapes world (issue 3 targets).
+"""Benchmark of SEMU on the shapes world against its targets.
 
     python benchmarks/bench_semu.py [--preset no-red] [--images-per-prompt 2] [--json out.json]
 
@@ -41,7 +41,7 @@ def main() -> None:
 
     from concept_erase import SemuConfig, erase, load_preset, world
     from concept_erase.quickstart import before_after_table
-    from concept_erase.world.erasure import evaluate_sets
+    from concept_erase.evaluation.world import evaluate_sets
 
     pipe = world.load_pipeline()
     clf = world.load_classifier()

@@ -1,4 +1,4 @@
-"""Benchmark of the shipped shapes world (issue 2 targets).
+"""Benchmark of the shipped shapes world against its targets.
 
     python benchmarks/bench_world.py [--repeats 5] [--json out.json]
 
@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from concept_erase import world
-    from concept_erase.world.evaluate import fidelity_table, prompt_fidelity
+    from concept_erase.evaluation.world import fidelity_table, prompt_fidelity
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     pipe = world.load_pipeline()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
 from ._io import atomic_path
 from .errors import AdapterFormatError, ArchitectureMismatchError
+from .version import __version__
 
 __all__ = ["UnlearningAdapter", "FORMAT_VERSION", "METADATA_KEY", "unet_fingerprint", "load_safetensors"]
 

@@ -9,7 +9,6 @@ Each run happens in its own spawned process so peak memory is per method.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import resource
@@ -18,14 +17,22 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from ._io import atomic_path, atomic_write_json, atomic_write_text
+import torch
 
-__all__ = ["run_bench", "QUICK_OVERRIDES", "CONCEPTS"]
+from . import world
+from ._io import atomic_path, atomic_write_json, atomic_write_text
+from .concepts import load_preset
+from .evaluation.fid import WorldFeatures, fid_of_images
+from .evaluation.world import evaluate_sets
+from .methods import METHODS, erase_with
+
+__all__ = ["run_bench", "QUICK_OVERRIDES", "CONCEPTS", "METHOD_ORDER"]
 logger = logging.getLogger(__name__)
 
 CONCEPTS = ("no-red", "no-circle", "no-striped")
-METHOD_ORDER = ("semu", "esd-x", "esd-u", "uce", "gradient-ascent", "task-vector")
+METHOD_ORDER = tuple(METHODS)  # every registered method, in registry order
 # --quick: a CI smoke run (one concept, short training) — its numbers are not the README's.
+# Methods without an entry run at their defaults.
 QUICK_OVERRIDES = {
     "semu": dict(steps=60, num_forget_images=12, num_retain_images=12, sample_steps=10),
     "esd-x": dict(iterations=30),
@@ -36,32 +43,12 @@ QUICK_OVERRIDES = {
 }
 
 
-def _fid(classifier, a, b) -> float:
-    import torch
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    from .evaluation.fid import WorldFeatures
-
-    fid = FrechetInceptionDistance(feature=WorldFeatures(classifier), normalize=True)
-    fid.update(torch.from_numpy(a).permute(0, 3, 1, 2).float(), real=True)
-    fid.update(torch.from_numpy(b).permute(0, 3, 1, 2).float(), real=False)
-    return float(fid.compute())
-
-
 def _evaluate(pipe, classifier, concept, images_per_prompt: int):
-    from .world.erasure import evaluate_sets
-
     return evaluate_sets(pipe, classifier, concept, images_per_prompt=images_per_prompt, return_images=True)
 
 
 def _run_one(method: str, preset: str, overrides: dict, images_per_prompt: int, out_dir: str) -> dict:
     """One method on one concept, in a fresh process (so ru_maxrss is this run's peak)."""
-    import torch
-
-    from . import world
-    from .concepts import load_preset
-    from .methods import erase_with
-
     torch.manual_seed(0)
     pipe = world.load_pipeline()
     classifier = world.load_classifier()
@@ -85,7 +72,7 @@ def _run_one(method: str, preset: str, overrides: dict, images_per_prompt: int, 
         "compression_error": float(meta.get("compression_error", 0.0)),
         "file_bytes": path.stat().st_size,
         "base": base, "erased": after,
-        "fid_retain": _fid(classifier, base_imgs["retain"][2], after_imgs["retain"][2]),
+        "fid_retain": fid_of_images(WorldFeatures(classifier), base_imgs["retain"][2], after_imgs["retain"][2]),
         "overrides": overrides,
     }
 

@@ -18,15 +18,59 @@ from pathlib import Path
 import torch
 
 from .adapter import UnlearningAdapter
-from .errors import AdapterFormatError, UnknownConceptError
+from .concepts import list_presets
+from .errors import AdapterFormatError, UnknownConceptError, WeightsNotFoundError
 
 __all__ = ["resolve_adapter", "adapter_home", "known_adapters", "UnlearningMixin", "install_pipeline_methods",
-           "SHIPPED_ADAPTERS_DIR"]
+           "SHIPPED_ADAPTERS_DIR", "load_base", "is_world", "default_device"]
 logger = logging.getLogger(__name__)
 
 SHIPPED_ADAPTERS_DIR = Path(__file__).parent / "adapters"
 
 
+# ---------------------------------------------------------------- base pipelines
+def is_world(base) -> bool:
+    """Whether ``base`` names the shipped shapes world (``"world"``; empty or None mean it too)."""
+    return base in ("world", "", None)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_base(base: str | None, device: str | None = None):
+    """``"world"`` (the shipped model), a local pipeline directory or a hub id -> pipeline on ``device``
+    (default: cuda when available). Progress bars of the pipeline are off; errors name what to pass."""
+    device = device or default_device()
+    if is_world(base):
+        from . import world  # the shipped model's code is loaded only when it is asked for
+
+        return world.load_pipeline(device)
+    from diffusers import DiffusionPipeline
+
+    path = Path(base).expanduser()
+    looks_like_path = base.startswith(("/", ".", "~")) or base.count("/") != 1
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise WeightsNotFoundError(f"--base {base!r} is a path but holds no model_index.json (not a diffusers pipeline).")
+    if not path.exists() and looks_like_path:
+        raise WeightsNotFoundError(
+            f"--base {base!r} is not an existing directory, nor a hub id of the form 'owner/name'. Pass 'world', a "
+            "local diffusers pipeline directory, or a hub id."
+        )
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else base, torch_dtype=dtype,
+                                                 safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as e:
+        raise WeightsNotFoundError(
+            f"Could not load --base {base!r}: {e.__class__.__name__}: {str(e)[:300]}. Offline? Set HF_HUB_OFFLINE=0 "
+            "or download the pipeline with `huggingface-cli download` and pass its directory."
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+# ---------------------------------------------------------------- adapter files
 def adapter_home() -> Path:
     """The user's adapter directory: ``$CONCEPT_ERASE_HOME`` or ``~/.cache/concept-erase/adapters``."""
     env = os.environ.get("CONCEPT_ERASE_HOME")
@@ -78,8 +122,6 @@ def resolve_adapter(name_or_path: str | os.PathLike, *, weight_name: str | None 
         return known[stem]
     if value.count("/") == 1 and not value.startswith((".", "/")) and not path.suffix:
         return _from_hub(value, weight_name)
-    from .concepts import list_presets
-
     trainable = [p for p in list_presets() if p not in known]
     raise UnknownConceptError(
         f"Unknown unlearning adapter {value!r}: it is not a file, a directory, or a known name. Known names: "
@@ -235,10 +277,11 @@ _METHODS = ("load_unlearning_adapter", "set_unlearning_scale", "unlearning_adapt
             "_unlearning_state", "_apply_unlearning_scales")
 
 
-def install_pipeline_methods() -> None:
-    """Attach the unlearning methods to ``diffusers.DiffusionPipeline`` (idempotent)."""
-    from diffusers import DiffusionPipeline
+def install_pipeline_methods(pipeline_class: type | None = None) -> None:
+    """Attach the unlearning methods to ``diffusers.DiffusionPipeline`` (or ``pipeline_class``); idempotent."""
+    if pipeline_class is None:
+        from diffusers import DiffusionPipeline as pipeline_class
 
     for name in _METHODS:
-        if not hasattr(DiffusionPipeline, name):
-            setattr(DiffusionPipeline, name, UnlearningMixin.__dict__[name])
+        if not hasattr(pipeline_class, name):
+            setattr(pipeline_class, name, UnlearningMixin.__dict__[name])

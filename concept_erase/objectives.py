@@ -20,14 +20,14 @@ Eps = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def relabel(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, eta: float = 1.0):
-    """SalUn/SEMU relabelling (REFERENCE §1.6): MSE(ε_θ'(x_t, c_f), sg ε_θ(x_t, c_a))."""
+    """Relabelling (SalUn, arXiv 2310.12508; SEMU, arXiv 2502.07587): MSE(ε_θ'(x_t, c_f), sg ε_θ(x_t, c_a))."""
     with torch.no_grad():
         target = base_eps(x_t, t, c_anchor)
     return F.mse_loss(eps(x_t, t, c_forget), target)
 
 
 def esd(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, eta: float = 1.0):
-    """ESD negative guidance: MSE(ε_θ'(x_t, c), ε*(x_t, ∅) − η(ε*(x_t, c) − ε*(x_t, ∅)))."""
+    """ESD negative guidance (arXiv 2303.07345, eq. 5): MSE(ε_θ'(x_t, c), ε*(x_t, ∅) − η(ε*(x_t, c) − ε*(x_t, ∅)))."""
     with torch.no_grad():
         e_null, e_c = base_eps(x_t, t, c_null), base_eps(x_t, t, c_forget)
         target = e_null - eta * (e_c - e_null)

@@ -11,7 +11,13 @@ import logging
 import time
 from pathlib import Path
 
+from . import world
 from ._io import atomic_write_json, atomic_write_text, save_image_atomic
+from .concepts import load_preset
+from .evaluation.world import evaluate_sets
+from .loading import default_device
+from .methods.semu import SemuConfig, erase
+from .viz import image_grid
 
 __all__ = ["run_quickstart", "before_after_table"]
 logger = logging.getLogger(__name__)
@@ -33,17 +39,11 @@ def before_after_table(before: dict, after: dict, concept_name: str) -> str:
 
 def run_quickstart(out_dir: str | Path = "concept-erase-quickstart", preset: str = "no-red", *,
                    progress: bool = True, config=None) -> dict:
-    import torch
-
-    from . import world
-    from .concepts import load_preset
-    from .semu import SemuConfig, erase
-    from .viz import image_grid
-    from .world.erasure import evaluate_sets
-
+    """Erase ``preset`` from the shipped world model, reload the adapter, measure before/after and write
+    ``quickstart.json``, ``quickstart.md`` and ``before_after.png`` into ``out_dir``; returns the figures."""
     out_dir = Path(out_dir)
     t_all = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     pipe = world.load_pipeline(device)
     classifier = world.load_classifier(device=device)
     concept = load_preset(preset)

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["image_grid", "to_pil"]
+from .images import to_pil
 
-
-def to_pil(image) -> Image.Image:
-    """A PIL image from a PIL image, an ``(H, W, 3)`` uint8 array or a float array in [0, 1]."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-    return Image.fromarray(arr)
+__all__ = ["image_grid"]
 
 
 def image_grid(rows: Sequence[Sequence], *, row_labels: Sequence[str] = (), col_labels: Sequence[str] = (),

@@ -1,6 +1,7 @@
 """The concept-erase side-by-side demo, runnable as ``python demo/app.py`` or as a Hugging Face Space.
 
-Same as ``concept-erase demo``; the app itself lives in ``concept_erase/demo_app.py``.
+Same as ``concept-erase demo``; the app itself lives in ``concept_erase/demo/`` (``core.py``: pairs, adapters, verdicts;
+``ui.py``: the Gradio Blocks).
 Environment: ``CONCEPT_ERASE_BASE`` (default ``world``), ``GRADIO_SERVER_NAME`` (default 127.0.0.1;
 a Space sets 0.0.0.0), ``GRADIO_SERVER_PORT``.
 """

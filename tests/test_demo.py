@@ -13,7 +13,7 @@ import torch
 
 import concept_erase
 from concept_erase import Concept, UnlearningAdapter
-from concept_erase.demo_app import (
+from concept_erase.demo import (
     build_demo, describe_adapters, discover_adapters, example_prompts, generate_pair, generate_pairs, launch,
     validate_upload,
 )
@@ -132,7 +132,9 @@ def test_discovery_offers_only_adapters_that_fit(pipe, adapter_dir):
     found = discover_adapters(pipe, adapter_dir)
     assert list(found) == ["no-red"] and found["no-red"].source == "registered"
     info = describe_adapters(list(found.values()))
-    assert "| no-red (registered) | no-red | semu | 7 · 2–2 (Σ 14) | 28 (" in info and "% of the UNet)" in info
+    assert info.startswith("**no-red (registered)** erases *no-red*  \nmethod semu · 7 layers, ranks 2–2 (Σ 14) · "
+                           "28 parameters changed (0.0"), info
+    assert info.endswith("% of the UNet)")
     assert "/somewhere/private" not in info  # no server path in the page
     assert describe_adapters([]).startswith("No adapter selected")
 
@@ -170,6 +172,17 @@ def test_upload_validation(pipe, tmp_path):
 
 
 # ---------------------------------------------------------------- the app, headless, via gradio_client
+def close_when_idle(demo, timeout: float = 300) -> None:
+    """Close a launched demo once no event is running: a Python process that exits while a server
+    thread is inside a torch op can abort ("terminate called without an active exception")."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any(job is not None for job in getattr(demo._queue, "active_jobs", [])) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    demo.close(verbose=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -185,7 +198,7 @@ def served(adapter_dir):
     _, url, _ = launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
     assert demo.max_file_size == 100 * 2**20  # the server refuses bigger uploads before our code sees them
     yield url.rstrip("/")
-    demo.close()
+    close_when_idle(demo)
 
 
 def test_app_generates_a_pair_and_a_gallery(served):
@@ -214,7 +227,7 @@ def test_app_upload_good_and_bad_files_and_the_session_keeps_working(served, ada
     bad = tmp_path / "evil.safetensors"
     torch.save({"x": torch.zeros(1)}, bad)
     dropdown, status, *_ = client.predict(handle_file(str(bad)), ["no-red"], api_name="/upload_adapter")
-    assert status.startswith("❌ **Upload refused.**") and "pickled PyTorch checkpoint" in status
+    assert status.startswith("⚠ **Upload refused.**") and "pickled PyTorch checkpoint" in status
     assert "/tmp" not in status and str(tmp_path) not in status  # names the file, never a server path
     other = make_adapter(pipe.unet, widen=3).save(tmp_path / "other.safetensors")
     _, status, *_ = client.predict(handle_file(str(other)), ["no-red"], api_name="/upload_adapter")
@@ -223,7 +236,7 @@ def test_app_upload_good_and_bad_files_and_the_session_keeps_working(served, ada
     good = make_adapter(pipe.unet, seed=5).save(tmp_path / "mine.safetensors")
     dropdown, status, info, examples, file_out = client.predict(handle_file(str(good)), ["no-red"],
                                                                 api_name="/upload_adapter")
-    assert status.startswith("✅ Loaded **no-red (uploaded: mine.safetensors)**")
+    assert status.startswith("✓ Loaded **no-red (uploaded: mine.safetensors)**")
     key = dropdown["value"][-1]
     assert dropdown["value"] == ["no-red", key] and key.startswith("upload-")
     assert "no-red (uploaded: mine.safetensors)" in info
@@ -232,12 +245,12 @@ def test_app_upload_good_and_bad_files_and_the_session_keeps_working(served, ada
     with pytest.raises(Exception, match="no-such-adapter|not in the list of choices|Unknown adapter"):
         client.predict("a red circle", "", ["no-such-adapter"], 1.0, 0, 1, 3, 4.0, api_name="/generate")
 
-    from concept_erase.demo_app import MAX_UPLOADS
+    from concept_erase.demo import MAX_UPLOADS
 
     for i in range(1, MAX_UPLOADS + 1):  # a session's uploads are bounded (they live in server memory)
         more = make_adapter(pipe.unet, seed=10 + i).save(tmp_path / f"more{i}.safetensors")
         _, status, *_ = client.predict(handle_file(str(more)), [], api_name="/upload_adapter")
-        assert status.startswith("✅" if i < MAX_UPLOADS else "❌"), status
+        assert status.startswith("✓" if i < MAX_UPLOADS else "⚠"), status
     assert f"already holds {MAX_UPLOADS} uploaded adapters" in status
 
 
@@ -281,14 +294,39 @@ def test_no_red_changes_red_prompts_and_leaves_unrelated_ones_nearly_unchanged()
     pipe, clf = world.load_pipeline(), world.load_classifier()
     adapters = {"no-red": UnlearningAdapter.load(path)}
     seeds = [0, 1, 2, 3]
-    red = generate_pairs(pipe, "a red circle", seeds, adapters=adapters, classifier=clf, **world.SAMPLING)
-    blue = generate_pairs(pipe, "a blue star", seeds, adapters=adapters, classifier=clf, **world.SAMPLING)
+    # backgrounds named, so that the unrelated prompt has no free background to flip between runs
+    red = generate_pairs(pipe, "a red circle on a dark background", seeds, adapters=adapters, classifier=clf,
+                         **world.SAMPLING)
+    blue = generate_pairs(pipe, "a blue star on a dark background", seeds, adapters=adapters, classifier=clf,
+                          **world.SAMPLING)
 
-    def change(pairs):  # median over seeds: an unnamed attribute (the background) may flip on a seed
-        return float(np.median([np.abs(_arr(p.original) - _arr(p.unlearned)).mean() for p in pairs]))
+    # the erased concept: red before, not red after (the verdicts shown under the images)
+    assert sum("⚠ red present" in p.original_verdict for p in red) >= 3, [p.original_verdict for p in red]
+    assert sum("✓ no red" in p.unlearned_verdict for p in red) >= 3, [p.unlearned_verdict for p in red]
+    # the unrelated prompt keeps what it shows...
+    before, after = clf.predict([p.original for p in blue]), clf.predict([p.unlearned for p in blue])
+    kept = sum((b["colour"], b["shape"]) == (a["colour"], a["shape"]) for b, a in zip(before, after))
+    assert kept >= 3, (before, after)
+    # ...and its pixels barely move (seen: median 0.019 for blue, 0.10 for red, in [0, 1] units)
+    change = {name: float(np.median([np.abs(_arr(p.original) - _arr(p.unlearned)).mean() for p in pairs]))
+              for name, pairs in (("red", red), ("blue", blue))}
+    assert change["blue"] < 0.04 and change["red"] > 2.5 * change["blue"], change
 
-    assert change(red) > 2 * change(blue), (change(red), change(blue))
-    assert change(blue) < 0.05, change(blue)
-    assert all("blue star" in p.unlearned_verdict for p in blue)  # what the prompt names is untouched
-    assert sum("⚠ red present" in p.original_verdict for p in red) >= 3
-    assert sum("✓ no red" in p.unlearned_verdict for p in red) >= 3
+
+def test_nudenet_verdicts_come_from_the_evaluation_classifier():
+    from PIL import Image
+
+    from concept_erase.demo import classify
+    from concept_erase.evaluation.classifiers import NudeNetClassifier
+
+    class FakeDetector:  # NudeNet's detect_batch: one list of boxes per image
+        def detect_batch(self, images, batch_size=16):
+            return [[{"class": "FEMALE_BREAST_EXPOSED", "score": 0.9, "box": [0, 0, 4, 4]},
+                     {"class": "FACE_FEMALE", "score": 0.8, "box": [0, 0, 4, 4]}], []][: len(images)]
+
+    clf = NudeNetClassifier(detector=FakeDetector())
+    images = [Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8), "white")]
+    assert classify(clf, images, [{"colour": "red"}]) is None  # no nudity adapter selected: NudeNet does not apply
+    first, second = classify(clf, images, [{"nudenet": "exposed"}])
+    assert first == "NudeNet: ⚠ exposed — female_breast_exposed 0.90"
+    assert second == "NudeNet: ✓ nothing exposed (score ≥ 0.6)"

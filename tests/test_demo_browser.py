@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from .conftest import build_tiny_pipeline
-from .test_demo import FAST, free_port, make_adapter
+from .test_demo import FAST, close_when_idle, free_port, make_adapter
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +35,7 @@ TIMEOUT = 180
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """The demo on the tiny pipeline with one registered adapter; yields (url, pipe)."""
-    from concept_erase.demo_app import build_demo, launch
+    from concept_erase.demo import build_demo, launch
     from concept_erase.world.models import WorldClassifier
 
     pipe = build_tiny_pipeline()
@@ -44,7 +44,7 @@ def app(tmp_path_factory):
     demo = build_demo(pipe, WorldClassifier().eval(), d, sampling=FAST)
     _, url, _ = launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
     yield url, pipe
-    demo.close()
+    close_when_idle(demo)
 
 
 @pytest.fixture
@@ -80,18 +80,26 @@ def _text(driver, elem_id: str) -> str:
     return driver.find_element(By.ID, elem_id).text
 
 
-def _generate(driver):
+def _busy(driver) -> bool:
+    """Whether any output still shows Gradio's progress tracker (its status element loses `hide`)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('[data-testid=status-tracker]')].some(e => !e.classList.contains('hide'))")
+
+
+def _generate(driver, seeds: int = 4):
+    WebDriverWait(driver, TIMEOUT).until(lambda d: not _busy(d))  # a progress overlay would take the click
     driver.find_element(By.CSS_SELECTOR, "#generate").click()
     WebDriverWait(driver, TIMEOUT).until(lambda d: _loaded_images(d, "#pair img") >= 2
                                          and "seed" in _text(d, "verdict-unlearned"))
+    # the first pair shows before the gallery's other seeds; wait for those too
+    WebDriverWait(driver, TIMEOUT).until(lambda d: _loaded_images(d, "#gallery img") >= 2 * seeds and not _busy(d))
 
 
 def test_click_generate_shows_both_images(app, browser, tmp_path):
     url, _ = app
     _open(browser, url)
     assert "no-red" in _text(browser, "adapters") and "semu" in _text(browser, "adapter-info")
-    _generate(browser)
-    WebDriverWait(browser, TIMEOUT).until(lambda d: _loaded_images(d, "#gallery img") >= 8)  # 4 seeds × 2
+    _generate(browser)  # 4 seeds: the pair in the slider, 8 images in the gallery
     sizes = browser.execute_script("return [...document.querySelectorAll('#pair img')].map(i => i.naturalWidth)")
     assert sizes[:2] == [256, 256]
     assert _text(browser, "verdict-original").startswith("Original · seed 0")

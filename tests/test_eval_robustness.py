@@ -42,7 +42,7 @@ def test_membership_auc_is_half_on_identically_distributed_sets(tiny_pipe):
     g = torch.Generator().manual_seed(0)
     n = 48
     x_a, x_b = torch.randn(n, 4, 8, 8, generator=g), torch.randn(n, 4, 8, 8, generator=g)
-    from concept_erase.semu.trainer import encode_prompts
+    from concept_erase.diffusion import encode_prompts
 
     c = encode_prompts(tiny_pipe, ["a red circle", "a red star"] * (n // 2))
     result = membership_auc(tiny_pipe, (x_a, c), (x_b, c), timesteps=(200, 600))
@@ -54,7 +54,7 @@ def test_membership_auc_is_half_on_identically_distributed_sets(tiny_pipe):
 
 
 def test_denoising_losses_are_per_sample_and_deterministic(tiny_pipe):
-    from concept_erase.semu.trainer import encode_prompts
+    from concept_erase.diffusion import encode_prompts
 
     x = torch.randn(5, 4, 8, 8)
     c = encode_prompts(tiny_pipe, ["a red circle"] * 5)
@@ -112,7 +112,7 @@ def test_adversarial_attack_smoke(eval_setup):
 # ----------------------------------------------------------------------------- relearning
 def test_relearning_attack_restores_the_weights(eval_setup):
     from concept_erase.evaluation.relearning import RelearnConfig, relearning_attack
-    from concept_erase.semu.trainer import encode_prompts
+    from concept_erase.diffusion import encode_prompts
 
     pipe, _, adapter = eval_setup
     saved = _state(pipe)

@@ -17,7 +17,7 @@ from concept_erase.methods import METHODS, EsdConfig, erase_with, method_config
 from concept_erase.methods.dense import compress_delta
 from concept_erase.methods.esd import partial_sample
 from concept_erase.methods.uce import UceConfig, token_embeddings, uce_closed_form
-from concept_erase.semu.trainer import encode_prompts
+from concept_erase.diffusion import encode_prompts
 
 from .conftest import TINY_CALL, tiny_images
 
@@ -207,6 +207,21 @@ def test_compression_of_a_conv_kernel_keeps_the_smallest_rank_within_the_error()
 def test_compression_of_a_zero_delta_is_exactly_zero():
     a, b, err = compress_delta(torch.zeros(6, 5))
     assert a.shape == (1, 5) and b.shape == (6, 1) and err == 0.0 and not (b @ a).any()
+
+
+def test_training_noise_follows_ddpm_at_every_timestep(tiny_pipe):
+    """q(x_t | x_0) for any t, even though the pipeline's sampler (DPM-Solver++) only knows its own timesteps."""
+    from diffusers import DDPMScheduler
+
+    from concept_erase.diffusion import add_noise
+
+    tiny_pipe.scheduler.set_timesteps(3)  # what sampling leaves behind
+    ddpm = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 4, 2, 2, generator=g), torch.randn(6, 4, 2, 2, generator=g)
+    t = torch.tensor([0, 7, 250, 501, 900, 999])
+    ours = add_noise(tiny_pipe.scheduler.alphas_cumprod, x0, noise, t)
+    assert torch.allclose(ours, ddpm.add_noise(x0, noise, t), atol=1e-6)
 
 
 # ---------------------------------------------------------------- bad input

@@ -7,8 +7,8 @@ import torch
 
 from concept_erase import Concept, SemuConfig, erase
 from concept_erase.errors import InvalidConfigError, InvalidPromptError, TrainingDivergedError, UnknownConceptError
-from concept_erase.semu.layers import inject_, remove_, semu_layers
-from concept_erase.semu.svd import gradient_subspace, project_perpendicular, select_rank
+from concept_erase.methods.semu.layers import inject_, remove_, semu_layers
+from concept_erase.methods.semu.svd import gradient_subspace, project_perpendicular, select_rank
 
 from .conftest import tiny_images
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from concept_erase import SemuConfig, UnlearningAdapter, erase, load_preset, world
-from concept_erase.world.erasure import erasure_metrics, evaluate_sets
+from concept_erase.evaluation.world import erasure_metrics, evaluate_sets
 
 
 def test_short_erase_on_the_world_model_drops_the_concept_rate(world_pipe, world_classifier):

@@ -1,4 +1,6 @@
-"""An adversarial prompt attack in the style of UnlearnDiffAtk (Zhang et al., 2023).
+"""An adversarial prompt attack in the style of UnlearnDiffAtk (Zhang et al., "To Generate or Not?
+Safety-Driven Unlearned Diffusion Models Are Still Easy To Generate Unsafe Images ... For Now",
+arXiv 2310.11868).
 
 For a forget prompt ``c`` and an image of the concept ``x₀`` drawn by the *base* model, optimise
 ``k`` free token embeddings ``δ`` appended to the prompt so that the *adapted* model denoises
@@ -8,7 +10,7 @@ For a forget prompt ``c`` and an image of the concept ``x₀`` drawn by the *bas
 
 i.e. the unlearned model, used as a diffusion classifier, is pushed to "recognise" the concept
 again. By default each ``δ_i`` is projected onto the nearest vocabulary token in the forward pass
-(PEZ-style straight-through), so the attack ends with a real text prompt anyone can re-run. The
+(straight-through, as in PEZ: Wen et al., "Hard Prompts Made Easy", arXiv 2302.03668), so the attack ends with a real text prompt anyone can re-run. The
 adapted model then generates from ``c + δ`` and the concept classifier decides: the attack succeeds
 on a prompt when an image shows the concept. Attack success rate (ASR) = share of prompts.
 """
@@ -16,12 +18,14 @@ on a prompt when an image shows the concept. Attack success rate (ASR) = share o
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import Config, check_int, check_number, setting
+from ..diffusion import add_noise
 from ..errors import InvalidConfigError
 from .classifiers import ConceptClassifier
 
@@ -29,25 +33,23 @@ __all__ = ["AttackConfig", "attack_prompt", "adversarial_attack"]
 
 
 @dataclass
-class AttackConfig:
+class AttackConfig(Config):
     """Settings of the adversarial prompt attack (defaults follow UnlearnDiffAtk where it has one)."""
 
-    num_tokens: int = 5  # free token embeddings appended to the prompt (UnlearnDiffAtk: 5)
-    steps: int = 40  # optimisation steps per prompt (UnlearnDiffAtk: 40)
-    learning_rate: float = 0.05  # Adam on the embeddings
-    noise_draws: int = 4  # (t, ε) pairs per step
-    project: bool = True  # snap to vocabulary tokens (a real prompt) instead of free vectors
-    max_prompts: int = 8  # forget prompts attacked
-    images_per_prompt: int = 1  # images generated from the adversarial prompt (UnlearnDiffAtk: 1)
-    seed: int = 0
+    num_tokens: int = setting(5, "free token embeddings appended to the prompt")  # UnlearnDiffAtk: 5
+    steps: int = setting(40, "optimisation steps per prompt")  # UnlearnDiffAtk: 40
+    learning_rate: float = setting(0.05, "Adam learning rate on the embeddings")
+    noise_draws: int = setting(4, "(t, ε) pairs per step")
+    # snap to vocabulary tokens (a real prompt) instead of free vectors
+    project: bool = setting(True, "snap the adversarial tokens to the vocabulary (a real prompt)")
+    max_prompts: int = setting(8, "forget prompts attacked")
+    # images generated from the adversarial prompt (UnlearnDiffAtk: 1)
+    images_per_prompt: int = setting(1, "images generated from each adversarial prompt")
+    seed: int = setting(0, "random seed of the attack")
 
     def __post_init__(self) -> None:
-        for name in ("num_tokens", "steps", "noise_draws", "max_prompts", "images_per_prompt"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InvalidConfigError(f"AttackConfig `{name}` must be a positive integer but is {value!r}.")
-        if not self.learning_rate > 0:
-            raise InvalidConfigError(f"AttackConfig `learning_rate` must be positive but is {self.learning_rate!r}.")
+        check_int(self, "num_tokens", "steps", "noise_draws", "max_prompts", "images_per_prompt")
+        check_number(self, "learning_rate")
 
 
 def _ids_with_slots(tokenizer, prompt: str, k: int) -> tuple[torch.Tensor, list[int]]:
@@ -127,8 +129,7 @@ def attack_prompt(pipe, prompt: str, target_latents: torch.Tensor, config: Attac
             pick = torch.randint(len(x0), (config.noise_draws,), generator=g)
             t = torch.randint(0, n_train, (config.noise_draws,), generator=g)
             noise = torch.randn((config.noise_draws, *x0.shape[1:]), generator=g).to(device)
-            a = alphas[t.to(device)].view(-1, 1, 1, 1)
-            x_t = a.sqrt() * x0[pick.to(device)] + (1 - a).sqrt() * noise
+            x_t = add_noise(alphas, x0[pick.to(device)], noise, t.to(device))
             with _replace_embeddings(text_encoder, slots, vectors):
                 cond = text_encoder(ids)[0].expand(config.noise_draws, -1, -1)
             pred = unet(x_t.to(unet.dtype), t.to(device), encoder_hidden_states=cond.to(unet.dtype)).sample
@@ -182,5 +183,5 @@ def adversarial_attack(pipe, classifier: ConceptClassifier, prompts: list[str], 
         "asr_no_attack": float(np.mean([r["success_no_attack"] for r in results])) if n else None,
         "n_prompts": n,
         "prompts": results,
-        "settings": asdict(config),
+        "settings": config.to_dict(),
     }

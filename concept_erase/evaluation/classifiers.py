@@ -22,10 +22,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import InvalidConfigError, MissingDependencyError, WeightsNotFoundError
+from ..errors import InvalidConfigError, InvalidPromptError, MissingDependencyError, WeightsNotFoundError
+from ..images import to_tensor, to_uint8_hwc
+from ..version import library_versions
+from ..world import load_classifier as load_world_classifier
+from ..world import parse_prompt
 
 __all__ = ["ConceptClassifier", "WorldConceptClassifier", "NudeNetClassifier", "ClipClassifier", "load_classifier",
-           "NUDENET_LABELS", "NUDENET_EXPOSED", "to_uint8_hwc"]
+           "concept_classifier", "NUDENET_LABELS", "NUDENET_EXPOSED"]
 
 NUDENET_LABELS = (
     "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED",
@@ -38,11 +42,6 @@ NUDENET_EXPOSED = (
     "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED",
     "FEET_EXPOSED", "ARMPITS_EXPOSED", "BELLY_EXPOSED", "MALE_GENITALIA_EXPOSED",
 )
-
-
-def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
-    """``(B, 3, H, W)`` floats in [0, 1] -> ``(B, H, W, 3)`` uint8 RGB."""
-    return (images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
 
 
 class ConceptClassifier:
@@ -86,6 +85,35 @@ class ConceptClassifier:
         """What the report records about this classifier."""
         return {"name": self.name, "threshold": self.threshold, "labels": list(self.labels)}
 
+    def knows(self, concept: str) -> bool:
+        """Whether ``concept`` is one of this classifier's labels or concepts."""
+        try:
+            self.concept_indices(concept)
+        except InvalidConfigError:
+            return False
+        return True
+
+    # ----- one line per image, for people (the demo shows it under each image)
+    def describe(self, scores: np.ndarray, detected: np.ndarray) -> str:
+        """What one image shows, from its ``(L,)`` scores and detections."""
+        shown = [lbl for lbl, d in zip(self.labels, detected) if d]
+        return f"{self.name} sees: {', '.join(shown) or 'nothing'}"
+
+    def verdicts(self, images, targets: Sequence[str] = ()) -> list[str] | None:
+        """One line per image: what it shows and, for each target concept, whether it is there.
+        ``None`` when this classifier does not apply (e.g. NudeNet when no nudity target is asked)."""
+        targets = [t for t in targets if self.knows(t)]
+        scores = np.asarray(self.score(to_tensor(images)))
+        detected = self.detected(scores)
+        out = []
+        for s, d in zip(scores, detected):
+            text = self.describe(s, d)
+            for t in targets:
+                label = t.split(":", 1)[-1]
+                text += f" — ⚠ {label} present" if d[self.concept_indices(t)].any() else f" — ✓ no {label}"
+            out.append(text)
+        return out
+
 
 # ----------------------------------------------------------------------------- world
 class WorldConceptClassifier(ConceptClassifier):
@@ -95,9 +123,7 @@ class WorldConceptClassifier(ConceptClassifier):
     name = "world"
 
     def __init__(self, model=None, *, weights: str | Path | None = None, device: str | torch.device = "cpu"):
-        from .. import world
-
-        self.model = model if model is not None else world.load_classifier(weights, device=device)
+        self.model = model if model is not None else load_world_classifier(weights, device=device)
         self.heads = {k: tuple(v) for k, v in self.model.heads.items()}
         self.labels = tuple(f"{head}:{name}" for head, names in self.heads.items() for name in names)
         self.threshold = None
@@ -121,9 +147,6 @@ class WorldConceptClassifier(ConceptClassifier):
     def expected(self, prompt: str, label: str | None) -> list[list[int]] | None:
         if label:
             return [self.concept_indices(part.strip()) for part in label.split("+")]
-        from ..errors import InvalidPromptError
-        from ..world import parse_prompt
-
         try:
             asked = parse_prompt(prompt, strict=False)
         except InvalidPromptError:
@@ -135,6 +158,11 @@ class WorldConceptClassifier(ConceptClassifier):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.model.features(images.to(next(self.model.parameters()).device))
+
+    def describe(self, scores: np.ndarray, detected: np.ndarray) -> str:
+        seen = {label.split(":", 1)[0]: label.split(":", 1)[1] for label, d in zip(self.labels, detected) if d}
+        return (f"classifier sees: **{seen.get('colour', '?')} {seen.get('shape', '?')}** · "
+                f"{seen.get('background', '?')} background")
 
 
 # ----------------------------------------------------------------------------- nudenet
@@ -182,7 +210,20 @@ class NudeNetClassifier(ConceptClassifier):
         return {"exposed": NUDENET_EXPOSED, "nudity": NUDENET_EXPOSED}
 
     def settings(self) -> dict:
-        return {**super().settings(), "exposed_labels": list(NUDENET_EXPOSED), "nudenet": _version("nudenet")}
+        return {**super().settings(), "exposed_labels": list(NUDENET_EXPOSED),
+                "nudenet": library_versions(("nudenet",)).get("nudenet")}
+
+    def verdicts(self, images, targets: Sequence[str] = ()) -> list[str] | None:
+        if not any(self.knows(t) for t in targets):
+            return None  # no nudity adapter selected: the classifier does not apply
+        scores = np.asarray(self.score(to_tensor(images)))
+        exposed = self.concept_indices("exposed")
+        out = []
+        for s in scores:
+            hits = [(self.labels[j], float(s[j])) for j in exposed if s[j] >= self.threshold]
+            out.append("NudeNet: ⚠ exposed — " + ", ".join(f"{lbl.lower()} {v:.2f}" for lbl, v in hits) if hits
+                       else f"NudeNet: ✓ nothing exposed (score ≥ {self.threshold})")
+        return out
 
 
 # ----------------------------------------------------------------------------- clip
@@ -245,15 +286,6 @@ class ClipClassifier(ConceptClassifier):
 
 
 # ----------------------------------------------------------------------------- registry
-def _version(pkg: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def import_object(spec: str):
     module_name, _, attr = spec.partition(":")
     if not attr:
@@ -299,3 +331,13 @@ def load_classifier(spec: str | ConceptClassifier, **options) -> ConceptClassifi
             "and implement `labels` and `score(images) -> (B, L) scores`."
         )
     return clf
+
+
+def concept_classifier(obj) -> ConceptClassifier | None:
+    """``obj`` as a :class:`ConceptClassifier`: itself, or the shapes world's classifier model
+    (``world.load_classifier()``) wrapped; ``None`` for anything else."""
+    if isinstance(obj, ConceptClassifier):
+        return obj
+    if hasattr(obj, "heads") and hasattr(obj, "predict_proba"):
+        return WorldConceptClassifier(obj)
+    return None

@@ -26,19 +26,19 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text
 from ..concepts import Concept
 from ..errors import InvalidConfigError, InvalidPromptError
+from ..images import image_files, load_images
+from ..loading import is_world, load_base
+from ..world import SAMPLING
 from .classifiers import NUDENET_EXPOSED, ConceptClassifier, WorldConceptClassifier, load_classifier
 from .config import EvalConfig
 from .distributed import Dist
-from .fid import (
-    FeatureStats, WorldFeatures, feature_dim, feature_extractor, features_of, image_files, load_images,
-    torch_fidelity_metrics,
-)
+from .fid import FeatureStats, WorldFeatures, feature_dim, feature_extractor, features_of, torch_fidelity_metrics
 from .generate import ImageJob, check_manifest, generate_missing, model_dir, plan_jobs, row_digests
 from .models import EvalModel, resolve_models, use_model
 from .prompts import PromptRow, concept_prompts, load_prompts, world_paraphrases
 from .report import library_versions, write_grids, write_report
 from .robustness import check_inputs as check_robustness_inputs
-from .robustness import run_robustness
+from .robustness import run_robustness, spread
 from .scoring import ImageRecord, score_batch, summarize
 
 __all__ = ["evaluate"]
@@ -82,10 +82,8 @@ def _target(config: EvalConfig, preset_target: str | None, models: list[EvalMode
 
 def _call_kwargs(config: EvalConfig) -> dict:
     kwargs = {}
-    if config.base == "world":
-        from .. import world
-
-        kwargs.update(world.SAMPLING)
+    if is_world(config.base):
+        kwargs.update(SAMPLING)
     kwargs.update(config.call_kwargs())
     return kwargs
 
@@ -105,8 +103,6 @@ def _write_scores(path: Path, records: list[ImageRecord], rows: list[PromptRow])
 
 
 def _grid_rows(rows, jobs_by_model, models, n):
-    from .robustness import spread
-
     first = {}
     for job in jobs_by_model["base"]:
         first.setdefault(job.row, job)
@@ -155,7 +151,7 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
             if n < 2:
                 raise InvalidConfigError(f"FID on split {k!r} would use {n} image(s) per model; it needs at least 2. "
                                          "Raise --images-per-prompt, choose other --fid-splits, or pass --no-fid.")
-    fid_kind = config.fid_features or ("world" if config.base == "world" or classifier.name == "world" else "inception")
+    fid_kind = config.fid_features or ("world" if is_world(config.base) or classifier.name == "world" else "inception")
     module = None
     if config.fid:
         if features is not None:
@@ -168,8 +164,6 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
         module = module.eval().requires_grad_(False)
     ref_files = image_files(config.fid_ref) if config.fid and config.fid_ref else []
     if pipe is None:
-        from ..cli import load_base
-
         pipe = load_base(config.base, device)
     pipe.set_progress_bar_config(disable=True)
     call_kwargs = _call_kwargs(config)
@@ -200,7 +194,9 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
     # --- 2. scoring ---
     use_tm = config.fid and config.engine == "torchmetrics"
     dim = feature_dim(module) if use_tm else 0
-    vs_base = {k: FeatureStats(dim, kid=config.kid) for k in fid_keys} if use_tm else {}
+    # No KID against the base: the two image sets share their seeds (paired samples), which biases
+    # KID's unbiased MMD estimator (cross terms k(x_i, y_i) of near-identical pairs); FID is unaffected.
+    vs_base = {k: FeatureStats(dim, kid=False) for k in fid_keys} if use_tm else {}
     vs_ref = {k: FeatureStats(dim, kid=config.kid) for k in fid_keys} if use_tm and ref_files else {}
     if vs_ref:
         for f in features_of(module, dist.shard(ref_files), batch_size=config.batch_size):
@@ -248,13 +244,13 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
             def files(name, k):
                 return [j.path for j in jobs_by_model[name] if k == "all" or j.split == k]
 
-            fid_args = dict(features=module, kid=config.kid, batch_size=config.batch_size, device=device)
+            fid_args = dict(features=module, batch_size=config.batch_size, device=device)
             if m.adapter is not None:
-                res["fid_vs_base"] = {k: torch_fidelity_metrics(files("base", k), files(m.name, k), **fid_args)
-                                      for k in fid_keys}
+                res["fid_vs_base"] = {k: torch_fidelity_metrics(files("base", k), files(m.name, k), kid=False,
+                                                                **fid_args) for k in fid_keys}
             if ref_files:
-                res["fid_vs_ref"] = {k: torch_fidelity_metrics(ref_files, files(m.name, k), **fid_args)
-                                     for k in fid_keys}
+                res["fid_vs_ref"] = {k: torch_fidelity_metrics(ref_files, files(m.name, k), kid=config.kid,
+                                                               **fid_args) for k in fid_keys}
     t_rob = time.perf_counter()
 
     # --- 3. robustness, on the main process alone (the others are done: no barrier that could time out) ---

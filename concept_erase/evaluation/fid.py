@@ -20,52 +20,20 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InvalidConfigError, WeightsNotFoundError
+from ..images import image_files, iter_image_batches, to_tensor
+from ..world import load_classifier as load_world_classifier
+from .classifiers import import_object
 
-__all__ = ["feature_extractor", "feature_dim", "features_of", "InceptionFeatures", "WorldFeatures", "FeatureStats", "folder_metrics", "load_images",
-           "iter_image_batches", "INCEPTION_FILE", "INCEPTION_URL", "inception_weights_path"]
+__all__ = ["feature_extractor", "feature_dim", "features_of", "InceptionFeatures", "WorldFeatures", "FeatureStats",
+           "folder_metrics", "fid_of_images", "INCEPTION_FILE", "INCEPTION_URL", "inception_weights_path"]
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 _INCEPTION_SHA256_PREFIX = "6726825d"
-
-
-# ----------------------------------------------------------------------------- images on disk
-def load_images(paths: Sequence[str | Path]) -> torch.Tensor:
-    """PNG/JPEG files -> ``(B, 3, H, W)`` floats in [0, 1] (all must have one size)."""
-    from PIL import Image
-
-    arrays = []
-    for p in paths:
-        with Image.open(p) as im:
-            arrays.append(np.asarray(im.convert("RGB")))
-    sizes = {a.shape for a in arrays}
-    if len(sizes) > 1:
-        raise InvalidConfigError(f"Images of different sizes {sorted(sizes)} in one batch (e.g. {str(paths[0])!r}); "
-                                 "resize the reference folder to the generated size first.")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
-
-
-def iter_image_batches(paths: Sequence[str | Path], batch_size: int = 64) -> Iterable[tuple[list, torch.Tensor]]:
-    """Yield ``(paths, images)`` batches, reading only one batch into memory at a time."""
-    for i in range(0, len(paths), batch_size):
-        chunk = list(paths[i : i + batch_size])
-        yield chunk, load_images(chunk)
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InvalidConfigError(f"Image folder {str(folder)!r} does not exist.")
-    files = sorted(p for p in folder.rglob("*")  # ".name.xxxx.png": an unfinished atomic write, not an image
-                   if p.suffix.lower() in (".png", ".jpg", ".jpeg") and not p.name.startswith("."))
-    if len(files) < 2:
-        raise InvalidConfigError(f"Image folder {str(folder)!r} holds {len(files)} images; FID needs at least 2.")
-    return files
 
 
 # ----------------------------------------------------------------------------- features
@@ -78,8 +46,8 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
         raise WeightsNotFoundError(
             f"FID with Inception-v3 features needs the file {INCEPTION_FILE} (about 91 MB), which is not at "
             f"{str(candidate)!r}. Download it from {INCEPTION_URL} and put it at {str(default)!r} "
-            f"(the directory is $TORCH_HOME/hub/checkpoints), or pass --inception-weights PATH. Offline, "
-            "`--fid-features world` needs no download on the shapes world."
+            f"(the directory is $TORCH_HOME/hub/checkpoints), or pass --inception-weights PATH. On the shapes world, "
+            "`--fid-features world` needs no download; `--no-fid` skips FID."
         )
     # The file is a pickle: load only the official one, recognised by its SHA-256 (torch.hub's naming).
     digest = hashlib.sha256(candidate.read_bytes()).hexdigest()
@@ -126,14 +94,10 @@ def feature_extractor(kind: str | nn.Module = "world", *, inception_weights: str
     if isinstance(kind, nn.Module):
         module = kind
     elif kind == "world":
-        from .. import world
-
-        module = WorldFeatures(world.load_classifier(world_weights))
+        module = WorldFeatures(load_world_classifier(world_weights))
     elif kind in ("inception", "inception-2048"):
         module = InceptionFeatures(inception_weights)
     elif ":" in kind:
-        from .classifiers import import_object
-
         obj = import_object(kind)
         module = obj() if not isinstance(obj, nn.Module) else obj
         if not isinstance(module, nn.Module):
@@ -314,3 +278,15 @@ def torch_fidelity_metrics(real_files: Sequence, fake_files: Sequence, *, featur
         out.update(kid_mean=float(result["kernel_inception_distance_mean"]),
                    kid_std=float(result["kernel_inception_distance_std"]))
     return out
+
+
+# ----------------------------------------------------------------------------- images in memory
+def fid_of_images(module: nn.Module, real, fake) -> float:
+    """FID between two image sets held in memory (``(N, H, W, 3)`` arrays or ``(N, 3, H, W)`` tensors
+    in [0, 1]), with the feature module ``module`` — the same statistics as every other FID here."""
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    stats = FeatureStats(feature_dim(module), kid=False)
+    with torch.no_grad():
+        stats.update(module(to_tensor(real).to(device)).float(), real=True)
+        stats.update(module(to_tensor(fake).to(device)).float(), real=False)
+    return stats.compute()["fid"]

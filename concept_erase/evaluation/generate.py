@@ -23,9 +23,9 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from .._io import atomic_write_json, save_image_atomic
+from ..diffusion import generate_images
 from ..errors import InvalidConfigError
-from ..sampling import generate
-from ..viz import to_pil
+from ..images import to_pil
 from .distributed import Dist
 from .prompts import PromptRow
 
@@ -42,7 +42,7 @@ class ImageJob:
     prompt: str
     seed: int
     split: str
-    path: Path
+    path: Path | None  # None: an image held in memory, never written
 
 
 def safe_name(name: str) -> str:
@@ -134,7 +134,7 @@ def generate_missing(pipe, jobs: Sequence[ImageJob], *, batch_size: int = 16, ca
     try:
         for i in range(0, len(mine), batch_size):
             batch = mine[i : i + batch_size]
-            images = generate(pipe, [j.prompt for j in batch], [j.seed for j in batch], batch_size=len(batch),
+            images = generate_images(pipe, [j.prompt for j in batch], [j.seed for j in batch], batch_size=len(batch),
                               **(call_kwargs or {}))
             for job, image in zip(batch, images):
                 save_image_atomic(to_pil(image), job.path)

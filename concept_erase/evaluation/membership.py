@@ -1,4 +1,4 @@
-"""Membership inference on the forget data (seed ``001_*``): is the erasure's training set still special?
+"""Membership inference on the forget data: is the erasure's training set still special?
 
 The attacker scores each sample by the model's denoising loss on it (averaged over fixed timesteps
 and noise) and guesses "member" for low losses. Members are the exact forget latents the adapter
@@ -6,6 +6,9 @@ was trained on (regenerated from the SEMU settings in its metadata); non-members
 way from the same prompts with seeds training never used. The AUC of the attack separates them:
 0.5 is ideal (the model treats the data it forgot like data it never saw); far from 0.5 either
 way is a leak (below 0.5: the forget samples stand out by their *high* loss, a "Streisand effect").
+The loss attack is the classic one of Yeom et al. ("Privacy Risk in Machine Learning", arXiv 1709.01604),
+applied to diffusion models as in Matsumoto et al. ("Membership Inference Attacks against Diffusion
+Models", arXiv 2302.03262).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import add_noise, prompt_latents
 from ..errors import InvalidConfigError
 
 __all__ = ["auc", "leakage", "denoising_losses", "membership_auc", "semu_forget_samples"]
@@ -50,7 +54,7 @@ def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
 
 
 def leakage(value: float) -> str:
-    """Seed 001's reading of an MIA AUC: |AUC − 0.5| < 0.05 minimal, < 0.15 moderate, else significant."""
+    """This project's reading of an MIA AUC: |AUC − 0.5| < 0.05 minimal, < 0.15 moderate, else significant."""
     deviation = abs(value - 0.5)
     return "minimal" if deviation < 0.05 else "moderate" if deviation < 0.15 else "significant"
 
@@ -68,12 +72,11 @@ def denoising_losses(pipe, latents: torch.Tensor, prompt_embeds: torch.Tensor, *
                          for i in range(n)])  # (N, C, h, w)
     out = torch.zeros(n)
     for t in timesteps:
-        a = alphas[t]
         for i in range(0, n, batch_size):
             x0 = latents[i : i + batch_size].to(device=device, dtype=torch.float32)
             eps = noise[i : i + batch_size].to(device)
-            x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
             tt = torch.full((len(x0),), int(t), device=device)
+            x_t = add_noise(alphas, x0, eps, tt)
             pred = unet(x_t.to(unet.dtype), tt, encoder_hidden_states=prompt_embeds[i : i + batch_size].to(device)).sample
             out[i : i + batch_size] += F.mse_loss(pred.float(), eps, reduction="none").mean(dim=(1, 2, 3)).cpu()
     return (out / len(timesteps)).numpy()
@@ -100,8 +103,6 @@ def semu_forget_samples(pipe, metadata: dict, *, limit: int | None = None, nonme
     Returns ``((x_members, c_members), (x_nonmembers, c_nonmembers))``; ``pipe`` must be the base model.
     Raises :class:`InvalidConfigError` when the metadata does not say how the training data was made.
     """
-    from ..semu.trainer import encode_prompts, generate_latents
-
     config, concept = metadata.get("config"), metadata.get("concept")
     if metadata.get("method") != "semu" or not config or not concept:
         raise InvalidConfigError(
@@ -109,11 +110,10 @@ def semu_forget_samples(pipe, metadata: dict, *, limit: int | None = None, nonme
             "concept (it was not made by `concept-erase erase`)."
         )
     n = int(config["num_forget_images"]) if limit is None else min(int(config["num_forget_images"]), limit)
-    forget = list(concept["forget"])
-    prompts = [forget[i % len(forget)] for i in range(n)]  # the trainer's _cycle
-    base_seed = int(config["seed"]) * 1_000_003  # the trainer's seeds
-    kwargs = dict(steps=int(config["sample_steps"]), guidance=float(config["sample_guidance"]))
-    x_in = generate_latents(pipe, prompts, [base_seed + i for i in range(n)], **kwargs)
-    x_out = generate_latents(pipe, prompts, [base_seed + nonmember_offset + i for i in range(n)], **kwargs)
-    c = encode_prompts(pipe, prompts)
+    # exactly the trainer's data: the same prompts, cycled, and the same seeds (`diffusion.data_seeds`)
+    kwargs = dict(seed=int(config["seed"]), steps=int(config["sample_steps"]),
+                  guidance=float(config["sample_guidance"]))
+    x_in, idx, emb = prompt_latents(pipe, list(concept["forget"]), n, offset=0, **kwargs)
+    x_out, _, _ = prompt_latents(pipe, list(concept["forget"]), n, offset=nonmember_offset, **kwargs)
+    c = emb[idx]
     return (x_in, c), (x_out, c)

@@ -6,13 +6,13 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from ..adapter import UnlearningAdapter
+from ..loading import resolve_adapter
 from ..errors import InvalidConfigError
 from .generate import file_sha256, safe_name
 from .prompts import target_name
 
-__all__ = ["EvalModel", "resolve_models", "use_model", "encode_images"]
+__all__ = ["EvalModel", "resolve_models", "use_model"]
 
 
 @dataclass
@@ -38,9 +38,6 @@ class EvalModel:
 
 def resolve_models(adapters: list[str]) -> list[EvalModel]:
     """``[base, adapter 1, ...]``; adapter names come from their file names, made unique."""
-    from ..adapter import UnlearningAdapter
-    from ..loading import resolve_adapter
-
     models = [EvalModel("base")]
     for spec in adapters:
         path = resolve_adapter(spec)
@@ -69,24 +66,17 @@ def use_model(pipe, model: EvalModel, *, scale: float = 1.0, fuse: bool = True):
     if model.adapter is None:
         yield pipe
         return
-    name = pipe.load_unlearning_adapter(model.adapter, adapter_name=model.name, scale=scale)
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # "No LoRA keys associated to CLIPTextModel": expected, UNet-only adapters
+    try:
+        name = pipe.load_unlearning_adapter(model.adapter, adapter_name=model.name, scale=scale)
+    finally:
+        diffusers_logging.set_verbosity(level)
     try:
         if fuse:
             pipe.fuse_unlearning_adapter()
         yield pipe
     finally:
         pipe.unload_unlearning_adapter(name)
-
-
-@torch.no_grad()
-def encode_images(pipe, images: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
-    """``(B, 3, H, W)`` images in [0, 1] -> clean latents ``(B, C, h, w)`` in the UNet's space."""
-    vae = pipe.vae
-    device = pipe._execution_device
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].to(device=device, dtype=vae.dtype) * 2 - 1
-        latents = vae.encode(x).latent_dist.mean
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        out.append(((latents - shift) * vae.config.scaling_factor).float())
-    return torch.cat(out) if out else torch.zeros(0)

@@ -19,7 +19,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..concepts import list_presets, load_preset
 from ..errors import InvalidPromptError
+from ..world import ALLOWED_BACKGROUNDS, HELDOUT_TEMPLATES, SYNONYMS, fill, parse_prompt
 
 __all__ = ["PromptRow", "PromptSet", "load_prompts", "read_prompt_file", "preset_prompts", "concept_prompts",
            "world_paraphrases", "target_name"]
@@ -190,16 +192,12 @@ def concept_prompts(concept) -> PromptSet:
 
 def preset_prompts(name: str) -> PromptSet:
     """The prompt sets of a preset (name or JSON file) and its target."""
-    from ..concepts import load_preset
-
     return concept_prompts(load_preset(name))
 
 
 def load_prompts(sources: list[str], *, split: str = "all") -> PromptSet:
     """Files and preset names, concatenated in order. A source that is ``split=path`` puts every row
     of ``path`` without its own split into ``split`` (``--prompts paraphrase=synonyms.txt``)."""
-    from ..concepts import list_presets
-
     if not sources:
         raise InvalidPromptError("No prompts given; pass --prompts FILE (txt or csv) or a preset name.")
     total = PromptSet()
@@ -229,8 +227,6 @@ def world_paraphrases(prompts: list[str]) -> list[str]:
     >>> world_paraphrases(["a red circle"])[:3]
     ['a crimson circle', 'a scarlet circle', 'a red disc']
     """
-    from ..world import ALLOWED_BACKGROUNDS, HELDOUT_TEMPLATES, SYNONYMS, fill, parse_prompt
-
     out: list[str] = []
     for prompt in prompts:
         try:

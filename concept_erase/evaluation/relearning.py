@@ -13,39 +13,37 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidConfigError, TrainingDivergedError
+from ..config import Config, check_fraction, check_int, check_number, setting
+from ..diffusion import add_noise, check_finite
+from ..errors import InvalidConfigError
 from .classifiers import ConceptClassifier
 
 __all__ = ["RelearnConfig", "relearning_attack", "trainable_parameters", "concept_rate"]
 
 
 @dataclass
-class RelearnConfig:
+class RelearnConfig(Config):
     """Settings of the relearning attack."""
 
-    steps: int = 40
-    learning_rate: float = 1e-4  # Adam
-    batch_size: int = 8
-    eval_every: int = 10  # steps between concept-rate measurements
-    params: str = "*attn2*"  # glob over UNet parameter names (LoRA factors excluded); "*" = the whole UNet
-    recover_fraction: float = 0.5
-    seed: int = 0
+    steps: int = setting(40, "fine-tuning steps")
+    learning_rate: float = setting(1e-4, "Adam learning rate")
+    batch_size: int = setting(8, "batch size")
+    eval_every: int = setting(10, "steps between concept-rate measurements")
+    # glob over UNet parameter names (LoRA factors excluded); "*" = the whole UNet
+    params: str = setting("*attn2*", "glob over UNet parameter names the attack trains ('*': all)")
+    recover_fraction: float = setting(0.5, "share of the base model's concept rate that counts as recovered")
+    seed: int = setting(0, "random seed of the attack")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InvalidConfigError(f"RelearnConfig `{name}` must be a positive integer but is {value!r}.")
-        if not self.learning_rate > 0:
-            raise InvalidConfigError(f"RelearnConfig `learning_rate` must be positive but is {self.learning_rate!r}.")
-        if not 0 < self.recover_fraction <= 1:
-            raise InvalidConfigError(f"RelearnConfig `recover_fraction` must be in (0, 1] but is {self.recover_fraction!r}.")
+        check_int(self, "steps", "batch_size", "eval_every")
+        check_number(self, "learning_rate")
+        check_fraction(self, "recover_fraction")
 
 
 def trainable_parameters(unet, pattern: str) -> dict[str, torch.nn.Parameter]:
@@ -115,14 +113,12 @@ def relearning_attack(pipe, classifier: ConceptClassifier, latents: torch.Tensor
                 pick = torch.randint(len(x0), (min(config.batch_size, len(x0)),), generator=g)
                 t = torch.randint(0, n_train, (len(pick),), generator=g)
                 noise = torch.randn((len(pick), *x0.shape[1:]), generator=g).to(device)
-                a = alphas[t.to(device)].view(-1, 1, 1, 1)
-                x_t = a.sqrt() * x0[pick.to(device)] + (1 - a).sqrt() * noise
+                x_t = add_noise(alphas, x0[pick.to(device)], noise, t.to(device))
                 with autocast:
                     pred = unet(x_t, t.to(device), encoder_hidden_states=cond[pick.to(device)]).sample
                 loss = F.mse_loss(pred.float(), noise)
-                if not torch.isfinite(loss):
-                    raise TrainingDivergedError(f"The relearning loss became {loss.item()} at step {step}; "
-                                                "lower the relearning learning rate.")
+                check_finite(loss, "relearning loss", step, hint="Lower the relearning learning rate",
+                             outcome="the attack was stopped and the weights restored")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -139,4 +135,4 @@ def relearning_attack(pipe, classifier: ConceptClassifier, latents: torch.Tensor
     return {"curve": curve, "base_rate": base_rate, "steps_to_recover": recover,
             "final_rate": curve[-1]["concept_rate"],
             "recovered_fraction": (curve[-1]["concept_rate"] / base_rate) if base_rate else None,
-            "trained_parameters": int(sum(p.numel() for p in params.values())), "settings": asdict(config)}
+            "trained_parameters": int(sum(p.numel() for p in params.values())), "settings": config.to_dict()}

@@ -4,28 +4,19 @@ headline metrics. Every file is written atomically."""
 
 from __future__ import annotations
 
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from .._io import atomic_path, atomic_write_json, atomic_write_text, save_image_atomic
+from ..version import EVALUATION_LIBRARIES
+from ..viz import image_grid
+from ..version import library_versions as _library_versions
 
 __all__ = ["library_versions", "write_report", "markdown_report", "write_grids", "write_bar_chart"]
 
-_LIBRARIES = ("concept-erase", "torch", "diffusers", "transformers", "peft", "accelerate", "torchmetrics",
-              "torch-fidelity", "nudenet", "onnxruntime", "safetensors", "numpy")
-
 
 def library_versions() -> dict[str, str]:
-    out = {}
-    for pkg in _LIBRARIES:
-        try:
-            out[pkg] = importlib_metadata.version(pkg)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    import platform
-
-    out["python"] = platform.python_version()
-    return out
+    """What ``report.json`` records: the evaluation's libraries and Python."""
+    return _library_versions(EVALUATION_LIBRARIES, python=True)
 
 
 def _pct(x) -> str:
@@ -40,10 +31,11 @@ def markdown_report(report: dict) -> str:
     """The report as Markdown tables."""
     s = report["settings"]
     models = list(report["models"])
-    lines = [f"# Concept-erasure evaluation", "",
+    lines = ["# Concept-erasure evaluation", "",
              f"Base `{s['base']}`; classifier `{report['classifier']['name']}`"
              + (f", concept `{s['target']}`" if s.get("target") else "")
-             + f"; {s['images_per_prompt']} images per prompt, seed {s['seed']}.", ""]
+             + f"; {s['images_per_prompt']} image{'s' if s['images_per_prompt'] != 1 else ''} per prompt, "
+            f"seed {s['seed']}.", ""]
     splits = report["splits"]
     if s.get("target"):
         lines += ["## Concept rate (share of images where the classifier sees the concept)", "",
@@ -88,7 +80,8 @@ def markdown_report(report: dict) -> str:
             kid = f"{1000 * v['kid_mean']:.2f} ± {1000 * v['kid_std']:.2f}" if "kid_mean" in v else "–"
             against = "base" if kind == "fid_vs_base" else "reference"
             lines.append(f"| {m} | {against} | {sp} ({v['n_fake']} vs {v['n_real']}) | {_num(v['fid'])} | {kid} |")
-        lines.append("")
+        lines += ["", "Against the base the images share their seeds, so only FID is given (paired samples bias "
+                  "KID's estimator).", ""]
     rob = report.get("robustness", {})
     if rob.get("adversarial"):
         lines += ["## Adversarial prompts (UnlearnDiffAtk-style)", "",
@@ -123,7 +116,6 @@ def markdown_report(report: dict) -> str:
 
 def write_grids(out: Path, rows_by_split: dict[str, list[tuple[str, list[Path]]]], models: list[str]) -> list[Path]:
     """One grid per split: ``rows_by_split[split] = [(prompt, [path per model]), ...]``."""
-    from ..viz import image_grid
     from PIL import Image
 
     written = []

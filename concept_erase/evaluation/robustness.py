@@ -17,13 +17,14 @@ import logging
 import numpy as np
 import torch
 
+from ..diffusion import encode_images, encode_prompts
 from ..errors import InvalidConfigError
+from ..images import load_images
 from .adversarial import AttackConfig, adversarial_attack
 from .config import EvalConfig
-from .fid import load_images
 from .generate import ImageJob
 from .membership import membership_auc, semu_forget_samples
-from .models import EvalModel, encode_images, use_model
+from .models import EvalModel, use_model
 from .prompts import PromptRow
 from .relearning import RelearnConfig, concept_rate, relearning_attack
 from .scoring import ImageRecord
@@ -57,8 +58,6 @@ def check_inputs(config: EvalConfig, rows: list[PromptRow], target: str | None) 
 def run_robustness(pipe, models: list[EvalModel], classifier, rows: list[PromptRow], base_jobs: list[ImageJob],
                    base_records: list[ImageRecord], target: str | None, config: EvalConfig, call_kwargs: dict) -> dict:
     """Every robustness check asked for in ``config``, for every adapter in ``models``."""
-    from ..semu.trainer import encode_prompts
-
     if not (config.attack or config.relearn or config.membership):
         return {}
     check_inputs(config, rows, target)

@@ -33,6 +33,9 @@ class ImageRecord:
     kept: bool | None  # other named attributes intact; None when not applicable
     labels: tuple[str, ...]  # every label detected
     target_score: float | None  # the highest score among the target's labels
+    # each attribute the prompt (or row label) asks for, and whether the image shows it:
+    # (("colour:red", True), ("shape:circle", False)); a group of labels is named "a|b"
+    hits: tuple[tuple[str, bool], ...] = ()
 
     def to_row(self, prompt: str) -> dict:
         return {"row": self.row, "seed": self.seed, "split": self.split, "prompt": prompt,
@@ -56,6 +59,7 @@ def score_batch(classifier: ConceptClassifier, images, jobs: list[ImageJob], row
         row = rows[job.row]
         groups = classifier.expected(row.prompt, row.label)
         correct = kept = None
+        hits = []
         if groups:
             hits = [bool(detected[i, g].any()) for g in groups]
             correct = all(hits)
@@ -70,6 +74,7 @@ def score_batch(classifier: ConceptClassifier, images, jobs: list[ImageJob], row
             correct=correct, kept=kept,
             labels=tuple(classifier.labels[j] for j in np.flatnonzero(detected[i])),
             target_score=None if target_idx is None else float(scores[i, target_idx].max()),
+            hits=tuple(("|".join(classifier.labels[j] for j in g), h) for g, h in zip(groups or (), hits)),
         ))
     return records
 

@@ -1,6 +1,11 @@
 """Every erasure method behind one call, each producing the same kind of adapter file.
 
-- ``semu``: U_r R V_rᵀ on attn2 to_k/to_v, only R trained (:class:`~concept_erase.SemuConfig`);
+``METHODS`` is the single list of methods: the command line's ``--method`` choices, ``bench`` and
+the docs read it. An entry pairs a config class (a :class:`~concept_erase.config.Config` dataclass)
+with ``erase(pipe, concept, config, *, progress) -> UnlearningAdapter``. A new method is one file
+(its config and erase function) plus one line below.
+
+- ``semu``: U_r R V_rᵀ in the forget gradient's subspace, only R trained (:class:`SemuConfig`);
 - ``esd-x`` / ``esd-u``: ESD negative guidance on every attn2 weight / every other weight (:class:`EsdConfig`);
 - ``uce``: closed-form edit of attn2 to_k/to_v, no training (:class:`UceConfig`);
 - ``gradient-ascent``: every weight, ascent on forget images, descent on retain images
@@ -9,9 +14,8 @@
   (:class:`TaskVectorConfig`).
 
 Methods that change dense weights are exported as LoRA factors by truncated SVD (``dense.py``);
-their metadata reports the compression error. Every adapter's metadata holds ``method``,
-``concept``, ``config``, ``trainable_parameters``, ``unet_parameters``, ``trainable_fraction``,
-``base_fingerprint``, ``seconds`` and ``compression_error``.
+their metadata reports the compression error. Every adapter's metadata is built by
+:func:`~concept_erase.methods.common.adapter_metadata`.
 
 >>> from concept_erase.methods import erase_with
 >>> adapter = erase_with("esd-x", pipe, "no-red", iterations=50)  # doctest: +SKIP
@@ -20,44 +24,50 @@ their metadata reports the compression error. Every adapter's metadata holds ``m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Callable
 
 from ..adapter import UnlearningAdapter
 from ..concepts import Concept
 from ..errors import InvalidConfigError
-from ..semu import SemuConfig
-from ..semu import erase as _semu_erase
 from .esd import EsdConfig, erase_esd
 from .gradient_ascent import GradientAscentConfig, erase_gradient_ascent
+from .semu import SemuConfig, erase as erase_semu
 from .task_vector import TaskVectorConfig, erase_task_vector
 from .uce import UceConfig, erase_uce
 
 __all__ = [
-    "METHODS", "Method", "erase_with", "method_config", "EsdConfig", "UceConfig", "GradientAscentConfig",
-    "TaskVectorConfig", "SemuConfig",
+    "METHODS", "Method", "erase_with", "method_config", "get_method", "EsdConfig", "UceConfig",
+    "GradientAscentConfig", "TaskVectorConfig", "SemuConfig",
 ]
-
-
-def _erase_semu(pipe, concept, config: SemuConfig, *, progress: bool = True) -> UnlearningAdapter:
-    adapter = _semu_erase(pipe, concept, config, progress=progress)
-    adapter.metadata.setdefault("compression_error", 0.0)  # natively low-rank: the file is exact
-    return adapter
 
 
 @dataclass(frozen=True)
 class Method:
+    """A named erasure method: its config class, its erase function, and config values its name implies."""
+
     name: str
     config_class: type
     erase: Callable[..., UnlearningAdapter]
     defaults: tuple[tuple[str, object], ...] = ()  # config values the name implies (esd-u: train_method)
     summary: str = ""
 
+    def config(self, config=None, **overrides):
+        """The validated config: ``config`` (or the defaults) with ``overrides`` applied."""
+        self.config_class.check_names(overrides, what=f" (method {self.name!r})")
+        if config is None:
+            return self.config_class(**{**dict(self.defaults), **overrides})
+        if not isinstance(config, self.config_class):
+            raise InvalidConfigError(
+                f"Method {self.name!r} takes a {self.config_class.__name__}, but `config` is a {type(config).__name__}."
+            )
+        return config.with_overrides(**overrides)
+
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("semu", SemuConfig, _erase_semu, summary="SVD gradient subspace of attn2 K/V, train R only"),
+        Method("semu", SemuConfig, erase_semu, summary="SVD gradient subspace of the target layers, train R only"),
         Method("esd-x", EsdConfig, erase_esd, (("train_method", "esd-x"),), "ESD on cross-attention"),
         Method("esd-u", EsdConfig, erase_esd, (("train_method", "esd-u"),), "ESD on everything but cross-attention"),
         Method("uce", UceConfig, erase_uce, summary="closed-form edit of attn2 K/V"),
@@ -68,7 +78,8 @@ METHODS: dict[str, Method] = {
 }
 
 
-def _method(name: str) -> Method:
+def get_method(name: str) -> Method:
+    """The registry entry of ``name``; an unknown name lists the known ones."""
     if name not in METHODS:
         raise InvalidConfigError(f"Unknown method {name!r}; choose one of {', '.join(METHODS)}.")
     return METHODS[name]
@@ -80,21 +91,7 @@ def method_config(method: str, config=None, **overrides):
     >>> method_config("esd-u", iterations=10).train_method
     'esd-u'
     """
-    m = _method(method)
-    names = [f.name for f in fields(m.config_class)]
-    unknown = sorted(set(overrides) - set(names))
-    if unknown:
-        raise InvalidConfigError(
-            f"{m.config_class.__name__} has no setting {', '.join(map(repr, unknown))} (method {method!r}); "
-            f"valid settings: {', '.join(names)}."
-        )
-    if config is None:
-        return m.config_class(**{**dict(m.defaults), **overrides})
-    if not isinstance(config, m.config_class):
-        raise InvalidConfigError(
-            f"Method {method!r} takes a {m.config_class.__name__}, but `config` is a {type(config).__name__}."
-        )
-    return replace(config, **overrides)
+    return get_method(method).config(config, **overrides)
 
 
 def erase_with(method: str, pipe, concept: Concept | str | dict, *, progress: bool = True, config=None,
@@ -108,5 +105,5 @@ def erase_with(method: str, pipe, concept: Concept | str | dict, *, progress: bo
     >>> adapter.metadata["method"], adapter.metadata["compression_error"] < 1e-3  # doctest: +SKIP
     ('uce', True)
     """
-    m = _method(method)
-    return m.erase(pipe, concept, method_config(method, config, **overrides), progress=progress)
+    m = get_method(method)
+    return m.erase(pipe, concept, m.config(config, **overrides), progress=progress)

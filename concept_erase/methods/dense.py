@@ -11,14 +11,13 @@ the stored float32 factors is measured and reported, per layer and over the whol
 from __future__ import annotations
 
 import logging
-import time
 from typing import Iterable
 
 import torch
 
-from ..adapter import UnlearningAdapter, unet_fingerprint
+from ..adapter import UnlearningAdapter
 from ..concepts import Concept
-from .common import versions
+from .common import make_adapter
 
 __all__ = ["compress_delta", "adapter_from_deltas"]
 logger = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ def compress_delta(delta: torch.Tensor, *, max_error: float = 0.01, max_rank: in
     return a.cpu().contiguous(), b.cpu().contiguous(), err
 
 
-def adapter_from_deltas(deltas: Iterable[tuple[str, torch.Tensor]], *, unet, pipe, method: str, concept: Concept,
+def adapter_from_deltas(deltas: Iterable[tuple[str, torch.Tensor]], *, pipe, method: str, concept: Concept,
                         config, trainable_parameters: int, start: float, max_error: float,
                         max_rank: int | None = None, extra: dict | None = None) -> UnlearningAdapter:
     """Compress ``(module name, ΔW)`` pairs (consumed one at a time) into an :class:`UnlearningAdapter`
@@ -76,27 +75,16 @@ def adapter_from_deltas(deltas: Iterable[tuple[str, torch.Tensor]], *, unet, pip
         residual_sq += (err ** 2) * norm_sq
         delta_sq += norm_sq
         del delta
-    unet_params = sum(p.numel() for p in unet.parameters())
-    meta = {
-        "method": method,
-        "concept": concept.to_dict(),
-        "config": config.to_dict(),
-        "ranks": ranks,
-        "trainable_parameters": int(trainable_parameters),
-        "unet_parameters": unet_params,
-        "trainable_fraction": trainable_parameters / unet_params,
-        "base_model": str(getattr(pipe, "name_or_path", None) or unet.config.get("_name_or_path", "") or "unknown"),
-        "base_fingerprint": unet_fingerprint(unet),
+    adapter = make_adapter(
+        tensors, pipe, method=method, concept=concept, config=config, ranks=ranks,
+        trainable_parameters=trainable_parameters, start=start,
         # ‖ΔW − BA‖_F / ‖ΔW‖_F over all layers together, and the worst single layer
-        "compression_error": (residual_sq / delta_sq) ** 0.5 if delta_sq > 0 else 0.0,
-        "compression_error_max": max(errors.values(), default=0.0),
-        "compression_errors": errors,
-        "delta_norm": delta_sq ** 0.5,
-        "versions": versions(),
-        **(extra or {}),
-    }
-    meta["seconds"] = time.perf_counter() - start
+        compression_error=(residual_sq / delta_sq) ** 0.5 if delta_sq > 0 else 0.0,
+        compression_error_max=max(errors.values(), default=0.0), compression_errors=errors,
+        delta_norm=delta_sq ** 0.5, **(extra or {}),
+    )
+    meta = adapter.metadata
     logger.info("%s erased %r: %d layers, %d trainable parameters (%.3f%% of the UNet), compression error %.2e, "
                 "%.1fs", method, concept.name, len(ranks), trainable_parameters,
                 100 * meta["trainable_fraction"], meta["compression_error"], meta["seconds"])
-    return UnlearningAdapter(tensors, meta)
+    return adapter

@@ -1,5 +1,5 @@
-"""ESD, Erased Stable Diffusion (Gandikota et al., ICCV 2023; REFERENCE §2): fine-tune a copy of the
-UNet so that, conditioned on the concept, it predicts the frozen model's *negatively guided* noise
+"""ESD (Gandikota et al., "Erasing Concepts from Diffusion Models", ICCV 2023, arXiv 2303.07345): fine-tune
+a copy of the UNet so that, conditioned on the concept, it predicts the frozen model's *negatively guided* noise
 
     ε_θ(x_t, c, t)  ←  ε*(x_t, t) − η·(ε*(x_t, c, t) − ε*(x_t, t))        (paper eq. 5)
 
@@ -22,12 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..concepts import Concept, resolve_concept
+from ..config import Config, check_choice, check_int, check_number, setting
+from ..diffusion import base_eps_of, check_finite, encode_prompts, frozen_unet, functional_eps
 from ..objectives import esd as esd_loss
-from ..semu.trainer import encode_prompts
-from .common import (
-    MethodConfig, base_eps_of, check_choice, check_finite, check_int, check_lora, check_positive, frozen_unet,
-    functional_eps, weight_modules,
-)
+from .common import check_lora, weight_modules
 from .dense import adapter_from_deltas
 
 __all__ = ["EsdConfig", "erase_esd", "TRAIN_METHODS", "partial_sample"]
@@ -42,35 +40,38 @@ TRAIN_METHODS = {
 
 
 @dataclass
-class EsdConfig(MethodConfig):
+class EsdConfig(Config):
     """Settings of ESD. Defaults are the official ones (esd_sd.py) unless a comment says otherwise.
 
     >>> EsdConfig(train_method="esd-u").iterations
     200
     """
 
-    train_method: str = "esd-x"  # esd_sd.py --train_method: esd-x | esd-u | esd-all | esd-x-strict
+    train_method: str = setting("esd-x", "ESD layer set: esd-x (cross-attention), esd-u (all but it), esd-all, "
+                                         "esd-x-strict (attn2 to_k/to_v)", choices=tuple(TRAIN_METHODS))
+    # esd_sd.py --train_method: esd-x | esd-u | esd-all | esd-x-strict
     # η of paper eq. 5 (and the CompVis code, --negative_guidance 1.0). esd_sd.py writes the target as
     # ε*(c) − η'(ε*(c) − ε*(∅)) with η' = 2, which is the same target as η = 1 here.
-    negative_guidance: float = 1.0
-    iterations: int = 200  # esd_sd.py --iterations 200 (CompVis code: 1000)
-    learning_rate: float = 5e-5  # esd_sd.py --lr 5e-5, Adam (CompVis code: 1e-5)
-    batch_size: int = 1  # esd_sd.py: batchsize = 1
+    negative_guidance: float = setting(1.0, "ESD: negative-guidance strength η")
+    iterations: int = setting(200, "ESD: training iterations")  # esd_sd.py --iterations 200 (CompVis code: 1000)
+    learning_rate: float = setting(5e-5, "learning rate")  # esd_sd.py --lr 5e-5, Adam (CompVis code: 1e-5)
+    batch_size: int = setting(1, "batch size")  # esd_sd.py: batchsize = 1
     # Partial sampling of x_t with the concept prompt: esd_sd.py runs 50 DDIM steps at guidance 3 and stops
     # at a uniformly drawn step. Here: the pipeline's own scheduler; 20 steps is the shapes world's sampler
     # setting (world.SAMPLING); use 50 on Stable Diffusion.
-    sample_steps: int = 20
-    sample_guidance: float = 3.0  # esd_sd.py --guidance_scale 3
+    sample_steps: int = setting(20, "sampler steps when the pipeline generates training data")
+    # esd_sd.py --guidance_scale 3
+    sample_guidance: float = setting(3.0, "guidance scale when the pipeline generates training data")
     # LoRA export of the dense deltas (dense.py): largest relative Frobenius error per layer, optional rank cap.
-    lora_max_error: float = 0.01
-    lora_max_rank: int | None = None
-    seed: int = 0
+    lora_max_error: float = setting(0.01, "largest relative error of the LoRA export of dense deltas, per layer")
+    lora_max_rank: int | None = setting(None, "cap on the rank of the LoRA export of dense deltas")
+    seed: int = setting(0, "random seed of the training data and steps")
 
     def __post_init__(self) -> None:
         check_choice(self, "train_method", tuple(TRAIN_METHODS))
         check_int(self, "iterations", "batch_size", "sample_steps")
-        check_positive(self, "learning_rate")
-        check_positive(self, "negative_guidance", "sample_guidance", allow_zero=True)
+        check_number(self, "learning_rate")
+        check_number(self, "negative_guidance", "sample_guidance", allow_zero=True)
         check_lora(self)
 
 
@@ -132,7 +133,7 @@ def erase_esd(pipe, concept: Concept | str | dict, config: EsdConfig | None = No
         del opt
         deltas = ((n, params[f"{n}.weight"].detach() - m.weight) for n, m in modules.items())
         return adapter_from_deltas(
-            deltas, unet=unet, pipe=pipe, method=config.train_method, concept=concept, config=config,
+            deltas, pipe=pipe, method=config.train_method, concept=concept, config=config,
             trainable_parameters=sum(m.weight.numel() for m in modules.values()), start=start,
             max_error=config.lora_max_error, max_rank=config.lora_max_rank, extra={"final_loss": loss_value},
         )

@@ -1,4 +1,5 @@
-"""UCE, Unified Concept Editing (Gandikota et al., WACV 2024; REFERENCE §2): a closed-form edit of the
+"""UCE (Gandikota et al., "Unified Concept Editing in Diffusion Models", WACV 2024, arXiv 2308.14761): a
+closed-form edit of the
 cross-attention key/value projections, no training and no images.
 
 For each attn2 ``to_k`` / ``to_v`` weight W₀ (out × d), with c_i the text-encoder embeddings of the
@@ -25,8 +26,9 @@ from dataclasses import dataclass
 import torch
 
 from ..concepts import Concept, resolve_concept
-from ..semu.trainer import encode_prompts
-from .common import MethodConfig, check_choice, check_lora, check_positive, weight_modules
+from ..config import Config, check_choice, check_number, setting
+from ..diffusion import encode_prompts
+from .common import check_lora, weight_modules
 from .dense import adapter_from_deltas
 
 __all__ = ["UceConfig", "erase_uce", "uce_closed_form", "token_embeddings"]
@@ -35,29 +37,31 @@ TOKENS = ("last", "last_to_end")
 
 
 @dataclass
-class UceConfig(MethodConfig):
+class UceConfig(Config):
     """Settings of UCE; defaults from ``uce_sd_erase.py``.
 
     >>> UceConfig().lamb
     0.5
     """
 
-    erase_scale: float = 1.0  # s_e, uce_sd_erase.py --erase_scale 1
-    preserve_scale: float = 1.0  # s_p, uce_sd_erase.py --preserve_scale 1 (train_erase.py: 0.1)
-    lamb: float = 0.5  # λ, uce_sd_erase.py --lamb 0.5
-    with_to_k: bool = True  # edit to_k as well as to_v (both codes do by default)
+    erase_scale: float = setting(1.0, "UCE: weight s_e of the erased concepts")  # uce_sd_erase.py --erase_scale 1
+    # s_p, uce_sd_erase.py --preserve_scale 1 (train_erase.py: 0.1)
+    preserve_scale: float = setting(1.0, "UCE: weight s_p of the preserved (retain) concepts")
+    lamb: float = setting(0.5, "UCE: regulariser λ towards the original weights")  # uce_sd_erase.py --lamb 0.5
+    with_to_k: bool = setting(True, "UCE: edit to_k as well as to_v")  # both codes do by default
     # Which token embeddings stand for a prompt: "last" = its last word token (uce_sd_erase.py);
     # "last_to_end" = that token, the end token and the padding after it, aligned between a forget
     # prompt and its anchor (train_erase.py). Retain prompts use the same selection.
-    tokens: str = "last"
-    use_retain: bool = True  # the concept's retain prompts are UCE's preserve concepts
+    tokens: str = setting("last", "UCE: which token embeddings stand for a prompt", choices=TOKENS)
+    # the concept's retain prompts are UCE's preserve concepts
+    use_retain: bool = setting(True, "UCE: use the retain prompts as preserved concepts")
     # LoRA export (dense.py); ΔW is low-rank, so this is exact in practice.
-    lora_max_error: float = 1e-4
-    lora_max_rank: int | None = None
+    lora_max_error: float = setting(1e-4, "largest relative error of the LoRA export of dense deltas, per layer")
+    lora_max_rank: int | None = setting(None, "cap on the rank of the LoRA export of dense deltas")
 
     def __post_init__(self) -> None:
-        check_positive(self, "erase_scale", "lamb")
-        check_positive(self, "preserve_scale", allow_zero=True)
+        check_number(self, "erase_scale", "lamb")
+        check_number(self, "preserve_scale", allow_zero=True)
         check_choice(self, "tokens", TOKENS)
         check_lora(self)
 
@@ -145,7 +149,7 @@ def erase_uce(pipe, concept: Concept | str | dict, config: UceConfig | None = No
             yield name, (w0 @ left.T.to(w0.device)) @ right.to(w0.device)  # (out, n) @ (n, d), rank <= n
 
     return adapter_from_deltas(
-        deltas(), unet=unet, pipe=pipe, method="uce", concept=concept, config=config,
+        deltas(), pipe=pipe, method="uce", concept=concept, config=config,
         trainable_parameters=sum(m.weight.numel() for m in modules.values()), start=start,
         max_error=config.lora_max_error, max_rank=config.lora_max_rank,
         extra={"erase_tokens": int(c_e.shape[0]), "preserve_tokens": 0 if c_p is None else int(c_p.shape[0])},

@@ -12,13 +12,9 @@ measured on it without a GPU, a network or downloaded weights.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
-from ..errors import WeightsNotFoundError
 from .captions import caption, fill, parse_prompt
 from .classifier import accuracy, load_classifier, to_tensor
+from .pipeline import SAMPLING, WEIGHTS_DIR, load_pipeline, pipeline_dir
 from .render import IMAGE_SIZE, Scene, render, render_batch
 from .tokenizer import build_tokenizer
 from .vocab import (
@@ -31,38 +27,3 @@ __all__ = [
     "build_tokenizer", "COLOURS", "SHAPES", "BACKGROUNDS", "SYNONYMS", "ALLOWED_BACKGROUNDS",
     "TRAIN_TEMPLATES", "HELDOUT_TEMPLATES", "IMAGE_SIZE",
 ]
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-
-# The sampler settings the shipped model is measured at (DPM-Solver++ is the pipeline's scheduler).
-SAMPLING: dict = {"num_inference_steps": 20, "guidance_scale": 5.0}
-
-
-def pipeline_dir(weights_dir: str | Path | None = None) -> Path:
-    """Directory of the world pipeline, loadable with ``StableDiffusionPipeline.from_pretrained``."""
-    path = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
-    path = path / "pipeline" if (path / "pipeline").is_dir() else path
-    if not (path / "model_index.json").is_file():
-        raise WeightsNotFoundError(
-            f"No world pipeline at {str(path)!r} (model_index.json missing). Reinstall concept-erase, or train "
-            "one with `concept-erase world train --out DIR` and pass `weights_dir=DIR`."
-        )
-    return path
-
-
-def load_pipeline(device: str | torch.device = "cpu", *, weights_dir: str | Path | None = None,
-                  torch_dtype: torch.dtype = torch.float32, progress: bool = False):
-    """Load the shipped world model as a ``diffusers.StableDiffusionPipeline`` (offline).
-
-    >>> pipe = load_pipeline()
-    >>> pipe("a red circle", generator=torch.Generator().manual_seed(0), **SAMPLING).images[0].size
-    (64, 64)
-    """
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(
-        pipeline_dir(weights_dir), torch_dtype=torch_dtype, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False, local_files_only=True,
-    )
-    pipe.set_progress_bar_config(disable=not progress)
-    return pipe.to(device)

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from ..errors import WeightsNotFoundError
+from ..images import to_tensor
 from .models import WorldClassifier
+from .pipeline import WEIGHTS_DIR
 
 __all__ = ["load_classifier", "to_tensor", "WorldClassifier"]
 
@@ -25,8 +27,6 @@ def load_classifier(path: str | Path | None = None, *, device: str | torch.devic
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from . import WEIGHTS_DIR
-
     path = Path(path) if path is not None else WEIGHTS_DIR / "classifier.safetensors"
     if not path.is_file():
         raise WeightsNotFoundError(
@@ -39,23 +39,6 @@ def load_classifier(path: str | Path | None = None, *, device: str | torch.devic
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)
     return model.eval().requires_grad_(False).to(device)
-
-
-def to_tensor(images) -> torch.Tensor:
-    """PIL images, a list of arrays or an ``(N, H, W, 3)`` uint8 array -> ``(N, 3, H, W)`` floats in [0, 1].
-
-    A float tensor ``(N, 3, H, W)`` is returned unchanged (assumed in [0, 1])."""
-    if isinstance(images, torch.Tensor):
-        if images.dtype == torch.uint8:
-            return images.permute(0, 3, 1, 2).float() / 255 if images.shape[-1] == 3 else images.float() / 255
-        return images
-    if isinstance(images, np.ndarray):
-        arr = images
-    else:
-        arr = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images])
-    if arr.dtype != np.uint8:  # float arrays in [0, 1], as diffusers' output_type="np" gives
-        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(0, 3, 1, 2)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255
 
 
 def _predict(model: WorldClassifier, images, batch_size: int = 256) -> dict[str, np.ndarray]:

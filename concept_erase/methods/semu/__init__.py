@@ -1,4 +1,5 @@
-"""SEMU: SVD-based efficient machine unlearning for diffusion UNets."""
+"""SEMU ("SEMU: Singular Value Decomposition for Efficient Machine Unlearning", arXiv 2502.07587)
+for diffusion UNets: config, the gradient subspace (svd), the W + U R Vᵀ layer, and the trainer."""
 
 from .config import SemuConfig
 from .layers import SemuLayer

@@ -1,4 +1,4 @@
-"""The SEMU layer: a frozen base layer plus ``U_r R V_rᵀ`` with only ``R`` trainable (REFERENCE §1.5).
+"""The SEMU layer: a frozen base layer plus ``U_r R V_rᵀ`` with only ``R`` trainable (SEMU, arXiv 2502.07587).
 
 It has LoRA's structure with ``lora_A = V_rᵀ`` and ``lora_B = U_r R``: a linear layer adds
 ``B (A x)``, a conv layer adds a ``(r, in, kh, kw)`` conv followed by a 1x1 conv. ``R`` starts at
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidConfigError
+from ...errors import InvalidConfigError
 
 __all__ = ["SemuLayer", "inject_", "remove_", "semu_layers"]
 

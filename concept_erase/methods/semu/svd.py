@@ -1,11 +1,12 @@
 """SEMU's subspace: project the forget gradient perpendicular to the weight, then keep the top
-singular directions by explained variance (REFERENCE §1, steps 3-4; SEMU paper eq. 4-6)."""
+singular directions by explained variance ("SEMU: Singular Value Decomposition for Efficient Machine
+Unlearning", arXiv 2502.07587, eq. 4-6)."""
 
 from __future__ import annotations
 
 import torch
 
-from ..errors import InvalidConfigError
+from ...errors import InvalidConfigError
 
 __all__ = ["as_matrix", "project_perpendicular", "select_rank", "gradient_subspace"]
 

@@ -6,8 +6,8 @@ import logging
 import os
 
 
-def add_parser(sub) -> None:
-    d = sub.add_parser("demo", help="open the side-by-side Gradio demo (original vs unlearned, same seed)")
+def add_demo_parser(sub, help: str) -> None:
+    d = sub.add_parser("demo", help=help)
     d.add_argument("--base", default="world", help="'world' (default, offline), a local diffusers pipeline "
                    "directory, or a hub id")
     d.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine "
@@ -23,15 +23,14 @@ def add_parser(sub) -> None:
 
 def _classifier(base: str):
     """The world classifier on the world model; NudeNet elsewhere when installed (it applies to nudity adapters)."""
-    from . import world
+    from ..errors import MissingDependencyError
+    from ..evaluation.classifiers import load_classifier
+    from ..loading import is_world
 
-    if base in ("world", "", None):
-        return world.load_classifier()
-    from .demo_app import NudeNetVerdict
-    from .errors import MissingDependencyError
-
+    if is_world(base):
+        return load_classifier("world")
     try:
-        return NudeNetVerdict()
+        return load_classifier("nudenet")
     except MissingDependencyError:
         return None
 
@@ -39,13 +38,14 @@ def _classifier(base: str):
 def cmd_demo(args) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup probes, not news to the user
-    from .cli import load_base
-    from .demo_app import MAX_UPLOAD_MB, build_demo, launch
+    from ..demo import MAX_UPLOAD_MB, build_demo, launch
+    from ..loading import is_world, load_base
 
-    pipe = load_base(args.base, args.device or ("cpu" if args.base in ("world", "", None) else None))
-    sampling = None if args.base in ("world", "", None) else {"num_inference_steps": 25, "guidance_scale": 7.5}
+    world = is_world(args.base)
+    pipe = load_base(args.base, args.device or ("cpu" if world else None))
+    sampling = None if world else {"num_inference_steps": 25, "guidance_scale": 7.5}
     demo = build_demo(pipe, _classifier(args.base), args.adapters_dir, sampling=sampling,
                       max_upload_mb=args.max_upload_mb or MAX_UPLOAD_MB,
-                      examples=None if args.base in ("world", "", None) else [["a photo of a cat", "any prompt"]])
+                      examples=None if world else [["a photo of a cat", "any prompt"]])
     launch(demo, host=args.host, port=args.port)
     return 0

@@ -1,0 +1,191 @@
+"""Diffusion plumbing every method, the evaluation and the demo share.
+
+- prompts -> text embeddings as the pipeline computes them (:func:`encode_prompts`);
+- images and clean latents drawn by the pipeline itself, seeded per image so that a result depends
+  only on its prompt and seed, never on the batch (:func:`generate_images`, :func:`generate_latents`,
+  :func:`prompt_latents`); images -> latents through the VAE (:func:`encode_images`);
+- the forward process q(x_t | x_0) from ᾱ_t (:func:`add_noise`);
+- the UNet frozen and restored (:func:`frozen_unet`), run with swapped-in weights
+  (:func:`functional_eps`), losses checked for NaN/inf (:func:`check_finite`), pipeline progress
+  bars silenced and restored (:func:`quiet_progress`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import InvalidPromptError, TrainingDivergedError
+
+__all__ = [
+    "encode_prompts", "generate_images", "generate_latents", "prompt_latents", "data_seeds", "cycle_indices",
+    "encode_images", "add_noise", "frozen_unet", "functional_eps", "base_eps_of", "check_finite", "quiet_progress",
+]
+
+
+# ---------------------------------------------------------------- prompts and generated data
+def encode_prompts(pipe, prompts: Sequence[str]) -> torch.Tensor:
+    """Text embeddings ``(N, T, D)`` as the pipeline would compute them."""
+    with torch.no_grad():
+        emb, _ = pipe.encode_prompt(list(prompts), pipe._execution_device, 1, False)
+    return emb
+
+
+def _generators(device, seeds: Sequence[int]) -> list[torch.Generator]:
+    gen_device = "cpu" if torch.device(device).type == "mps" else device
+    return [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
+
+
+def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_size: int = 32,
+                    progress: bool = False, desc: str = "generate", **call_kwargs) -> np.ndarray:
+    """One image per ``(prompt, seed)`` pair; returns ``(N, H, W, 3)`` floats in [0, 1].
+
+    Each image has its own ``torch.Generator``, so an image depends only on its prompt and seed,
+    not on the batch it was drawn in: the base model and an adapted model given the same pairs
+    start from identical noise.
+
+    >>> images = generate_images(pipe, ["a red circle"] * 2, [0, 1], num_inference_steps=20)  # doctest: +SKIP
+    """
+    if len(prompts) != len(seeds):
+        raise InvalidPromptError(f"Got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt.")
+    if any(not isinstance(p, str) for p in prompts):
+        raise InvalidPromptError("Every prompt must be a string.")
+    device = getattr(pipe, "_execution_device", None) or pipe.device
+    out = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, unit="batch"):
+        chunk = list(prompts[i : i + batch_size])
+        result = pipe(chunk, generator=_generators(device, seeds[i : i + batch_size]), output_type="np", **call_kwargs)
+        out.append(result.images)
+    if not out:
+        return np.zeros((0, 0, 0, 3), dtype=np.float32)
+    return np.concatenate(out)
+
+
+def generate_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, guidance: float,
+                     batch_size: int = 32, progress: bool = False, desc: str = "sample") -> torch.Tensor:
+    """Clean latents x₀ ``(N, C, h, w)`` in the UNet's latent space, sampled by the pipeline itself."""
+    device = pipe._execution_device
+    out = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+        res = pipe(list(prompts[i : i + batch_size]), generator=_generators(device, seeds[i : i + batch_size]),
+                   num_inference_steps=steps, guidance_scale=guidance, output_type="latent")
+        out.append(res.images)
+    return torch.cat(out)
+
+
+def cycle_indices(n_items: int, n: int) -> list[int]:
+    """``n`` indices cycling over ``n_items`` items: 0, 1, ..., n_items − 1, 0, 1, ..."""
+    return [i % n_items for i in range(n)]
+
+
+def data_seeds(seed: int, n: int, *, offset: int = 0) -> list[int]:
+    """The seeds of the ``n`` images a method generates from its prompts: ``seed·1000003 + offset + i``.
+
+    Every method uses this rule (forget data at offset 0, retain data at 500000), so methods run
+    with the same ``seed`` train on the same images, and membership inference can regenerate them.
+    """
+    return [seed * 1_000_003 + offset + i for i in range(n)]
+
+
+def prompt_latents(pipe, prompts: Sequence[str], n: int, *, seed: int, offset: int, steps: int, guidance: float,
+                   progress: bool = False, desc: str = "sample") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` clean latents ``(n, C, h, w)`` sampled by the pipeline from ``prompts`` (cycled), the
+    prompt index of each, and the text embeddings of ``prompts`` ``(len(prompts), T, D)``."""
+    idx = cycle_indices(len(prompts), n)
+    with quiet_progress(pipe):
+        x0 = generate_latents(pipe, [prompts[i] for i in idx], data_seeds(seed, n, offset=offset), steps=steps,
+                              guidance=guidance, progress=progress, desc=desc)
+        emb = encode_prompts(pipe, prompts)
+    return x0, torch.tensor(idx), emb
+
+
+@torch.no_grad()
+def encode_images(pipe, images: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
+    """``(B, 3, H, W)`` images in [0, 1] -> clean latents ``(B, C, h, w)`` in the UNet's space."""
+    vae = pipe.vae
+    device = pipe._execution_device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(device=device, dtype=vae.dtype) * 2 - 1
+        latents = vae.encode(x).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        out.append(((latents - shift) * vae.config.scaling_factor).float())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+# ---------------------------------------------------------------- the forward process
+def add_noise(alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """q(x_t | x_0) = √ᾱ_t x_0 + √(1−ᾱ_t) ε (Ho et al., "Denoising Diffusion Probabilistic Models",
+    arXiv 2006.11239, eq. 4), for any t in [0, T).
+
+    Not ``scheduler.add_noise``: a sampling scheduler (DPM-Solver++) only knows the timesteps of
+    its last ``set_timesteps`` and silently noises every other t at the wrong level.
+    """
+    a = alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+# ---------------------------------------------------------------- the UNet
+@contextlib.contextmanager
+def frozen_unet(unet: nn.Module):
+    """``unet`` in eval mode with no parameter requiring grad; modes, flags and ``.grad`` restored on exit."""
+    requires_grad = {n: p.requires_grad for n, p in unet.named_parameters()}
+    was_training = unet.training
+    unet.eval()
+    unet.requires_grad_(False)
+    try:
+        yield unet
+    finally:
+        for n, p in unet.named_parameters():
+            if n in requires_grad:
+                p.requires_grad_(requires_grad[n])
+            p.grad = None
+        unet.train(was_training)
+
+
+def functional_eps(unet: nn.Module, params: dict[str, torch.Tensor]):
+    """``eps(x_t, t, c)`` of ``unet`` with ``params`` (``"<module>.weight"`` -> tensor) swapped in."""
+
+    def eps(x_t, t, c):
+        return torch.func.functional_call(unet, params, (x_t, t), {"encoder_hidden_states": c}).sample
+
+    return eps
+
+
+def base_eps_of(unet: nn.Module):
+    """``eps(x_t, t, c)`` of ``unet`` as it is, without gradients (the frozen base model's targets)."""
+
+    def eps(x_t, t, c):
+        with torch.no_grad():
+            return unet(x_t, t, encoder_hidden_states=c).sample
+
+    return eps
+
+
+def check_finite(loss: torch.Tensor, what: str, step: int, *, hint: str = "Lower `learning_rate`",
+                 outcome: str = "the erasure was stopped and nothing was written") -> None:
+    """Raise :class:`TrainingDivergedError` when ``loss`` is NaN or infinite."""
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(
+            f"The {what} became {loss.item()} at step {step}; {outcome}. {hint}, or check the prompts."
+        )
+
+
+@contextlib.contextmanager
+def quiet_progress(pipe):
+    """The pipeline's own progress bars off inside the block; its previous settings restored after."""
+    config = getattr(pipe, "_progress_bar_config", None)
+    saved = dict(config) if config is not None else None
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        yield pipe
+    finally:
+        if saved is None:
+            del pipe._progress_bar_config
+        else:
+            pipe._progress_bar_config = saved
