@@ -133,7 +133,8 @@ def add_noise(alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tenso
 # ---------------------------------------------------------------- the UNet
 @contextlib.contextmanager
 def frozen_unet(unet: nn.Module):
-    """``unet`` in eval mode with no parameter requiring grad; modes, flags and ``.grad`` restored on exit."""
+    """``unet`` (or any module: the attacks freeze the text encoder too) in eval mode with no parameter
+    requiring grad; modes and flags restored on exit, ``.grad`` cleared."""
     requires_grad = {n: p.requires_grad for n, p in unet.named_parameters()}
     was_training = unet.training
     unet.eval()

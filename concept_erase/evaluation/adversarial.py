@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config, check_int, check_number, setting
-from ..diffusion import add_noise
+from ..diffusion import add_noise, frozen_unet
 from ..errors import InvalidConfigError
 from .classifiers import ConceptClassifier
 
@@ -120,11 +120,8 @@ def attack_prompt(pipe, prompt: str, target_latents: torch.Tensor, config: Attac
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     x0 = target_latents.to(device=device, dtype=torch.float32)
     n_train = scheduler.config.num_train_timesteps
-    flags = [(p, p.requires_grad) for m in (unet, text_encoder) for p in m.parameters()]
     loss_value = float("nan")
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
+    with frozen_unet(unet), frozen_unet(text_encoder):  # only δ trains; both models come back as they were
         for _ in range(config.steps):
             pick = torch.randint(len(x0), (config.noise_draws,), generator=g)
             t = torch.randint(0, n_train, (config.noise_draws,), generator=g)
@@ -138,9 +135,6 @@ def attack_prompt(pipe, prompt: str, target_latents: torch.Tensor, config: Attac
             loss.backward()
             opt.step()
             loss_value = loss.detach().item()
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
     with torch.no_grad():
         final = table[nearest(delta)].float() if config.project else delta.detach()
         with _replace_embeddings(text_encoder, slots, lambda: final):
