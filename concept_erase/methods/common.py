@@ -12,12 +12,11 @@ from torch import nn
 
 from ..adapter import UnlearningAdapter, unet_fingerprint
 from ..concepts import Concept
-from ..config import check_fraction, check_int
 from ..errors import InvalidConfigError
 from ..version import library_versions
 
 __all__ = [
-    "weight_modules", "select_modules", "check_lora", "adapter_metadata", "make_adapter", "FORGET_OFFSET",
+    "weight_modules", "select_modules", "adapter_metadata", "make_adapter", "FORGET_OFFSET",
     "RETAIN_OFFSET",
 ]
 
@@ -47,13 +46,6 @@ def select_modules(unet: nn.Module, patterns: Iterable[str]) -> dict[str, nn.Mod
             f"Module names look like {examples}; patterns are shell globs such as '*attn2.to_k', or '*' for all."
         )
     return found
-
-
-def check_lora(cfg) -> None:
-    """The ``lora_max_error`` / ``lora_max_rank`` settings of the methods exported through ``dense.py``."""
-    check_fraction(cfg, "lora_max_error", low_open=False, high_open=True)
-    if cfg.lora_max_rank is not None:
-        check_int(cfg, "lora_max_rank")
 
 
 # ---------------------------------------------------------------- the adapter every method returns

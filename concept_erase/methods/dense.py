@@ -15,12 +15,28 @@ from typing import Iterable
 
 import torch
 
+from dataclasses import dataclass
+
 from ..adapter import UnlearningAdapter
 from ..concepts import Concept
+from ..config import Config, check_fraction, check_int, setting
 from .common import make_adapter
 
-__all__ = ["compress_delta", "adapter_from_deltas"]
+__all__ = ["DenseExportSettings", "compress_delta", "adapter_from_deltas"]
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DenseExportSettings(Config):
+    """The LoRA-export settings of every method whose deltas are dense; subclasses call ``super().__post_init__()``."""
+
+    lora_max_error: float = setting(0.01, "largest relative error of the LoRA export of dense deltas, per layer")
+    lora_max_rank: int | None = setting(None, "cap on the rank of the LoRA export of dense deltas")
+
+    def __post_init__(self) -> None:
+        check_fraction(self, "lora_max_error", low_open=False, high_open=True)
+        if self.lora_max_rank is not None:
+            check_int(self, "lora_max_rank")
 
 
 def compress_delta(delta: torch.Tensor, *, max_error: float = 0.01, max_rank: int | None = None

@@ -22,11 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..concepts import Concept, resolve_concept
-from ..config import Config, check_choice, check_int, check_number, setting
+from ..config import check_choice, check_int, check_number, setting
 from ..diffusion import base_eps_of, check_finite, encode_prompts, frozen_unet, functional_eps
 from ..objectives import esd as esd_loss
-from .common import check_lora, weight_modules
-from .dense import adapter_from_deltas
+from .common import weight_modules
+from .dense import DenseExportSettings, adapter_from_deltas
 
 __all__ = ["EsdConfig", "erase_esd", "TRAIN_METHODS", "partial_sample"]
 
@@ -40,7 +40,7 @@ TRAIN_METHODS = {
 
 
 @dataclass
-class EsdConfig(Config):
+class EsdConfig(DenseExportSettings):
     """Settings of ESD. Defaults are the official ones (esd_sd.py) unless a comment says otherwise.
 
     >>> EsdConfig(train_method="esd-u").iterations
@@ -62,17 +62,14 @@ class EsdConfig(Config):
     sample_steps: int = setting(20, "sampler steps when the pipeline generates training data")
     # esd_sd.py --guidance_scale 3
     sample_guidance: float = setting(3.0, "guidance scale when the pipeline generates training data")
-    # LoRA export of the dense deltas (dense.py): largest relative Frobenius error per layer, optional rank cap.
-    lora_max_error: float = setting(0.01, "largest relative error of the LoRA export of dense deltas, per layer")
-    lora_max_rank: int | None = setting(None, "cap on the rank of the LoRA export of dense deltas")
     seed: int = setting(0, "random seed of the training data and steps")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice(self, "train_method", tuple(TRAIN_METHODS))
         check_int(self, "iterations", "batch_size", "sample_steps")
         check_number(self, "learning_rate")
         check_number(self, "negative_guidance", "sample_guidance", allow_zero=True)
-        check_lora(self)
 
 
 def partial_sample(pipe, scheduler, c: torch.Tensor, c_null: torch.Tensor, stop: int, *, guidance: float,

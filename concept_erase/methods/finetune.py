@@ -19,16 +19,16 @@ from tqdm.auto import tqdm
 
 from ..adapter import UnlearningAdapter
 from ..concepts import Concept
-from ..config import Config, check_int, check_number, check_patterns, setting
+from ..config import check_int, check_number, check_patterns, setting
 from ..diffusion import add_noise, check_finite, frozen_unet, functional_eps, prompt_latents
-from .common import FORGET_OFFSET, RETAIN_OFFSET, check_lora, select_modules
-from .dense import adapter_from_deltas
+from .common import FORGET_OFFSET, RETAIN_OFFSET, select_modules
+from .dense import DenseExportSettings, adapter_from_deltas
 
 __all__ = ["FinetuneSettings", "finetune_weights", "erase_by_finetuning"]
 
 
 @dataclass
-class FinetuneSettings(Config):
+class FinetuneSettings(DenseExportSettings):
     """The data, optimiser and export settings of the methods that fine-tune UNet weights on images
     the base pipeline generates (:func:`finetune_weights`): gradient ascent and task vectors."""
 
@@ -43,17 +43,15 @@ class FinetuneSettings(Config):
     sample_steps: int = setting(20, "sampler steps when the pipeline generates training data")
     sample_guidance: float = setting(5.0, "guidance scale when the pipeline generates training data")
     max_timestep: int = setting(1000, "train on timesteps t in [0, max_timestep)")
-    lora_max_error: float = setting(0.01, "largest relative error of the LoRA export of dense deltas, per layer")
-    lora_max_rank: int | None = setting(None, "cap on the rank of the LoRA export of dense deltas")
     seed: int = setting(0, "random seed of the training data and steps")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_patterns(self, example="'*'")
         check_int(self, "steps", "batch_size", "num_forget_images", "sample_steps")
         check_int(self, "max_timestep", maximum=1000)
         check_number(self, "learning_rate")
         check_number(self, "weight_decay", "sample_guidance", allow_zero=True)
-        check_lora(self)
 
 
 def finetune_weights(pipe, concept, modules: dict[str, nn.Module], config: FinetuneSettings, *, forget_weight: float,

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 
 from ..concepts import Concept, resolve_concept
-from ..config import Config, check_choice, check_number, setting
+from ..config import check_choice, check_number, setting
 from ..diffusion import encode_prompts
-from .common import check_lora, weight_modules
-from .dense import adapter_from_deltas
+from .common import weight_modules
+from .dense import DenseExportSettings, adapter_from_deltas
 
 __all__ = ["UceConfig", "erase_uce", "uce_closed_form", "token_embeddings"]
 
@@ -37,7 +37,7 @@ TOKENS = ("last", "last_to_end")
 
 
 @dataclass
-class UceConfig(Config):
+class UceConfig(DenseExportSettings):
     """Settings of UCE; defaults from ``uce_sd_erase.py``.
 
     >>> UceConfig().lamb
@@ -57,13 +57,12 @@ class UceConfig(Config):
     use_retain: bool = setting(True, "UCE: use the retain prompts as preserved concepts")
     # LoRA export (dense.py); ΔW is low-rank, so this is exact in practice.
     lora_max_error: float = setting(1e-4, "largest relative error of the LoRA export of dense deltas, per layer")
-    lora_max_rank: int | None = setting(None, "cap on the rank of the LoRA export of dense deltas")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_number(self, "erase_scale", "lamb")
         check_number(self, "preserve_scale", allow_zero=True)
         check_choice(self, "tokens", TOKENS)
-        check_lora(self)
 
 
 def uce_closed_form(w0: torch.Tensor, c_erase: torch.Tensor, v_erase: torch.Tensor,
