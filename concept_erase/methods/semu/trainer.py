@@ -160,7 +160,8 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
             loss.backward()
             opt.step()
             history.append(loss.item())
-            bar.set_postfix(loss=f"{loss_f.item():.4f}", **({"retain": f"{loss_r.item():.4f}"} if loss_r is not None else {}))
+            retain = {"retain": f"{loss_r.item():.4f}"} if loss_r is not None else {}
+            bar.set_postfix(loss=f"{loss_f.item():.4f}", **retain)
         # --- 7. export ---
         tensors = {}
         for name, layer in layers.items():
