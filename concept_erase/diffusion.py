@@ -46,8 +46,8 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch
     """One image per ``(prompt, seed)`` pair; returns ``(N, H, W, 3)`` floats in [0, 1].
 
     Each image has its own ``torch.Generator``, so an image depends only on its prompt and seed,
-    not on the batch it was drawn in: the base model and an adapted model given the same pairs
-    start from identical noise.
+    not on the batch it was drawn in (up to float rounding in batched matmuls): the base model and
+    an adapted model given the same pairs start from identical noise.
 
     >>> images = generate_images(pipe, ["a red circle"] * 2, [0, 1], num_inference_steps=20)  # doctest: +SKIP
     """
