@@ -254,3 +254,23 @@ def test_divergence_stops_with_a_clear_error_and_the_pipeline_intact(tiny_pipe, 
     after = tiny_pipe.unet.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)
     assert all(p.requires_grad for p in tiny_pipe.unet.parameters())
+
+
+def test_adapters_record_no_path_of_the_machine_they_were_made_on(tiny_pipe_dir):
+    import json
+    import re
+
+    from diffusers import StableDiffusionPipeline
+
+    from concept_erase import world
+    from concept_erase.loading import SHIPPED_ADAPTERS_DIR
+    from concept_erase.methods.common import base_model_id
+
+    local = StableDiffusionPipeline.from_pretrained(tiny_pipe_dir, safety_checker=None, requires_safety_checker=False)
+    assert base_model_id(local) == tiny_pipe_dir.name  # a local directory: its name only
+    assert base_model_id(world.load_pipeline()) == "world"
+    local.register_to_config(_name_or_path="runwayml/stable-diffusion-v1-5")
+    assert base_model_id(local) == "runwayml/stable-diffusion-v1-5"  # a hub id as given
+    for path in sorted(SHIPPED_ADAPTERS_DIR.glob("*.safetensors")):
+        text = json.dumps(UnlearningAdapter.load(path).metadata)
+        assert not re.search(r'"(/|[A-Za-z]:\\\\)[^"]*"', text), f"{path.name} records an absolute path"

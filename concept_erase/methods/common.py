@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -14,9 +15,10 @@ from ..adapter import UnlearningAdapter, unet_fingerprint
 from ..concepts import Concept
 from ..errors import InvalidConfigError
 from ..version import library_versions
+from ..world import WEIGHTS_DIR
 
 __all__ = [
-    "weight_modules", "select_modules", "adapter_metadata", "make_adapter", "FORGET_OFFSET",
+    "weight_modules", "select_modules", "adapter_metadata", "base_model_id", "make_adapter", "FORGET_OFFSET",
     "RETAIN_OFFSET",
 ]
 
@@ -49,6 +51,19 @@ def select_modules(unet: nn.Module, patterns: Iterable[str]) -> dict[str, nn.Mod
 
 
 # ---------------------------------------------------------------- the adapter every method returns
+def base_model_id(pipe) -> str:
+    """What an adapter records as its base model: ``"world"`` for the shipped shapes world, a hub id
+    as given, and only the folder name of a local directory (a file never records a path of the
+    machine it was made on)."""
+    name = str(getattr(pipe, "name_or_path", None) or pipe.unet.config.get("_name_or_path", "") or "unknown")
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name  # a hub id, or a name
+    if path.resolve().is_relative_to(WEIGHTS_DIR.resolve()):
+        return "world"
+    return path.resolve().name
+
+
 def adapter_metadata(pipe, *, method: str, concept: Concept, config, ranks: dict[str, int],
                      trainable_parameters: int, start: float, **extra) -> dict:
     """The metadata every adapter carries: method, concept, config, per-layer ranks, trainable
@@ -64,7 +79,7 @@ def adapter_metadata(pipe, *, method: str, concept: Concept, config, ranks: dict
         "trainable_parameters": int(trainable_parameters),
         "unet_parameters": unet_params,
         "trainable_fraction": trainable_parameters / unet_params,
-        "base_model": str(getattr(pipe, "name_or_path", None) or unet.config.get("_name_or_path", "") or "unknown"),
+        "base_model": base_model_id(pipe),
         "base_fingerprint": unet_fingerprint(unet),
         "versions": library_versions(),
         **extra,
