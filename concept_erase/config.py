@@ -6,7 +6,7 @@ default, and a one-line help (``setting(default, "help")``). From that single de
 - validation helpers with messages that name the field, the value seen and what is allowed;
 - ``to_dict`` / ``from_dict`` (the adapter metadata and ``report.json`` record configs this way);
 - ``with_overrides(**settings)``, which refuses names the config does not have;
-- command-line flags (``add_arguments`` / ``from_args``): ``--learning-rate`` for ``learning_rate``,
+- command-line flags (``add_arguments`` / ``values_from_args``): ``--learning-rate`` for ``learning_rate``,
   typed from the annotation, help from the field.
 
 Nothing here imports torch, so the command line can describe settings cheaply.
@@ -195,36 +195,30 @@ def _argument(field: dataclasses.Field, tp) -> tuple[tuple, dict]:
     return (_flag(field),), kwargs
 
 
-def add_arguments(parser, *config_classes: type, skip: Iterable[str] = (), taken: set[str] | None = None) -> set[str]:
+def add_arguments(parser, *config_classes: type) -> set[str]:
     """Add a flag for every command-line setting of ``config_classes`` (a name shared by several
-    classes gets one flag). Returns the destinations added. ``taken`` collects flags already added."""
-    skip = set(skip)
-    taken = set() if taken is None else taken
-    added = set()
+    classes gets one flag, the first class's). Returns the destinations added."""
+    added: set[str] = set()
     groups: dict = {}
     for cls in config_classes:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in skip or not f.metadata.get("cli", True) or f.name in taken:
+            if not f.metadata.get("cli", True) or f.name in added:
                 continue
             args, kwargs = _argument(f, hints[f.name])
             name = f.metadata.get("group")
             if name and name not in groups:
                 groups[name] = parser.add_argument_group(name)
             (groups[name] if name else parser).add_argument(*args, **kwargs)
-            taken.add(f.name)
             added.add(f.name)
     return added
 
 
-def values_from_args(args: argparse.Namespace, config_class: type, *, names: Iterable[str] | None = None) -> dict:
+def values_from_args(args: argparse.Namespace, config_class: type) -> dict:
     """The settings of ``config_class`` given on the command line (flags left out are not included)."""
     hints = typing.get_type_hints(config_class)
-    wanted = set(names) if names is not None else None
     out = {}
     for f in dataclasses.fields(config_class):
-        if wanted is not None and f.name not in wanted:
-            continue
         value = getattr(args, f.name, None)
         if value is None:
             continue

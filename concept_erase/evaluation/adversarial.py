@@ -10,8 +10,8 @@ For a forget prompt ``c`` and an image of the concept ``x₀`` drawn by the *bas
 
 i.e. the unlearned model, used as a diffusion classifier, is pushed to "recognise" the concept
 again. By default each ``δ_i`` is projected onto the nearest vocabulary token in the forward pass
-(straight-through, as in PEZ: Wen et al., "Hard Prompts Made Easy", arXiv 2302.03668), so the attack ends with a real text prompt anyone can re-run. The
-adapted model then generates from ``c + δ`` and the concept classifier decides: the attack succeeds
+(straight-through, as in PEZ: Wen et al., "Hard Prompts Made Easy", arXiv 2302.03668), so the
+attack ends with a real text prompt anyone can re-run. The adapted model then generates from ``c + δ`` and the concept classifier decides: the attack succeeds
 on a prompt when an image shows the concept. Attack success rate (ASR) = share of prompts.
 """
 

@@ -32,7 +32,9 @@ from ..world import SAMPLING
 from .classifiers import NUDENET_EXPOSED, ConceptClassifier, WorldConceptClassifier, load_classifier
 from .config import EvalConfig
 from .distributed import Dist
-from .fid import FeatureStats, WorldFeatures, feature_dim, feature_extractor, features_of, torch_fidelity_metrics
+from .fid import (
+    FeatureStats, WorldFeatures, feature_dim, feature_extractor, features_of, module_device, torch_fidelity_metrics,
+)
 from .generate import ImageJob, check_manifest, generate_missing, model_dir, plan_jobs, row_digests
 from .models import EvalModel, resolve_models, use_model
 from .prompts import PromptRow, concept_prompts, load_prompts, world_paraphrases
@@ -215,7 +217,7 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
             records += score_batch(classifier, images, batch, rows, target)
             if use_tm:
                 with torch.no_grad():
-                    feats = module(images.to(next(iter(module.parameters()), torch.empty(0)).device)).float().cpu()
+                    feats = module(images.to(module_device(module))).float().cpu()
                 for k in fid_keys:
                     sel = [n for n, j in enumerate(batch) if k == "all" or j.split == k]
                     if sel:

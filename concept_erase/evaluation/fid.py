@@ -29,7 +29,7 @@ from ..world import load_classifier as load_world_classifier
 from .classifiers import import_object
 
 __all__ = ["feature_extractor", "feature_dim", "features_of", "InceptionFeatures", "WorldFeatures", "FeatureStats",
-           "folder_metrics", "fid_of_images", "INCEPTION_FILE", "INCEPTION_URL", "inception_weights_path"]
+           "folder_metrics", "fid_of_images", "module_device", "INCEPTION_FILE", "INCEPTION_URL", "inception_weights_path"]
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -107,13 +107,18 @@ def feature_extractor(kind: str | nn.Module = "world", *, inception_weights: str
     return module.eval().requires_grad_(False).to(device)
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where a feature module's parameters live (the CPU for a module without parameters)."""
+    return next(iter(module.parameters()), torch.empty(0)).device
+
+
 def feature_dim(module: nn.Module) -> int:
     """Output width of a feature module (its ``num_features``, or measured on a random batch)."""
     dim = getattr(module, "num_features", None)
     if isinstance(dim, int):
         return dim
     with torch.no_grad():
-        device = next(iter(module.parameters()), torch.empty(0)).device
+        device = module_device(module)
         return int(module(torch.rand(2, 3, 64, 64, device=device)).shape[-1])
 
 
@@ -181,7 +186,7 @@ class FeatureStats:
 
 
 def features_of(module: nn.Module, paths: Sequence[str | Path], *, batch_size: int = 64) -> Iterable[torch.Tensor]:
-    device = next(iter(module.parameters()), torch.empty(0)).device
+    device = module_device(module)
     with torch.no_grad():
         for _, images in iter_image_batches(paths, batch_size):
             yield module(images.to(device)).float().cpu()
@@ -245,7 +250,7 @@ def _register_with_torch_fidelity() -> str:
             return False
 
         def forward(self, x):  # torch-fidelity passes uint8 (B, 3, H, W)
-            device = next(iter(self.module.parameters()), torch.empty(0)).device
+            device = module_device(self.module)
             return (self.module(x.to(device).float() / 255).float(),)
 
     register_feature_extractor(_TORCH_FIDELITY_NAME, ConceptEraseFeatures)
@@ -284,7 +289,7 @@ def torch_fidelity_metrics(real_files: Sequence, fake_files: Sequence, *, featur
 def fid_of_images(module: nn.Module, real, fake) -> float:
     """FID between two image sets held in memory (``(N, H, W, 3)`` arrays or ``(N, 3, H, W)`` tensors
     in [0, 1]), with the feature module ``module`` — the same statistics as every other FID here."""
-    device = next(iter(module.parameters()), torch.empty(0)).device
+    device = module_device(module)
     stats = FeatureStats(feature_dim(module), kid=False)
     with torch.no_grad():
         stats.update(module(to_tensor(real).to(device)).float(), real=True)

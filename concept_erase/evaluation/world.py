@@ -20,7 +20,7 @@ import numpy as np
 
 from ..concepts import Concept
 from ..diffusion import generate_images
-from ..errors import InvalidPromptError
+from ..errors import InvalidConfigError, InvalidPromptError
 from ..world import SAMPLING
 from ..world.prompt_sets import WorldPrompt, colour_shape_prompts, heldout_prompts, synonym_prompts
 from .classifiers import concept_classifier
@@ -49,10 +49,13 @@ def score_images(classifier, images, prompts: list[str], *, target: str | None =
                  labels: list[str] | None = None) -> list[ImageRecord]:
     """Score in-memory ``images`` generated from ``prompts`` with the evaluation's per-image scoring
     (``labels``: what each image should show, e.g. ``"colour:red+shape:circle"``; default: read from the prompt)."""
-    classifier = concept_classifier(classifier)
+    clf = concept_classifier(classifier)
+    if clf is None:
+        raise InvalidConfigError(f"Expected a concept classifier or the world classifier model, got "
+                                 f"{type(classifier).__name__}; pass `world.load_classifier()`.")
     rows = [PromptRow(p, label=labels[i] if labels else None) for i, p in enumerate(prompts)]
     jobs = [ImageJob(i, 0, p, 0, "all", None) for i, p in enumerate(prompts)]
-    return score_batch(classifier, images, jobs, rows, target)
+    return score_batch(clf, images, jobs, rows, target)
 
 
 def _head(name: str) -> str:

@@ -1,5 +1,5 @@
-"""What the erasure methods share beyond the diffusion plumbing: choosing layers, the LoRA-export
-settings, and the metadata every adapter carries (built here, once, for every method)."""
+"""What the erasure methods share beyond the diffusion plumbing: choosing layers, the seed offsets
+of their generated data, and the metadata every adapter carries (built here, once, for every method)."""
 
 from __future__ import annotations
 
