@@ -11,7 +11,9 @@ with ``erase(pipe, concept, config, *, progress) -> UnlearningAdapter``. A new m
 - ``gradient-ascent``: every weight, ascent on forget images, descent on retain images
   (:class:`GradientAscentConfig`);
 - ``task-vector``: every weight, θ − s·(θ_ft − θ) after a fine-tune on forget images
-  (:class:`TaskVectorConfig`).
+  (:class:`TaskVectorConfig`);
+- ``simu``: SIMU's critical neurons (attribution mask on feed-forward and attention rows), only those
+  rows fine-tuned with Sophia on GradDiff or relabelling (:class:`SimuConfig`).
 
 Methods that change dense weights are exported as LoRA factors by truncated SVD (``dense.py``);
 their metadata reports the compression error. Every adapter's metadata is built by
@@ -33,12 +35,13 @@ from ..errors import InvalidConfigError
 from .esd import EsdConfig, erase_esd
 from .gradient_ascent import GradientAscentConfig, erase_gradient_ascent
 from .semu import SemuConfig, erase as erase_semu
+from .simu import SimuConfig, erase as erase_simu
 from .task_vector import TaskVectorConfig, erase_task_vector
 from .uce import UceConfig, erase_uce
 
 __all__ = [
     "METHODS", "Method", "erase_with", "method_config", "get_method", "EsdConfig", "UceConfig",
-    "GradientAscentConfig", "TaskVectorConfig", "SemuConfig",
+    "GradientAscentConfig", "TaskVectorConfig", "SemuConfig", "SimuConfig",
 ]
 
 
@@ -74,6 +77,7 @@ METHODS: dict[str, Method] = {
         Method("gradient-ascent", GradientAscentConfig, erase_gradient_ascent,
                summary="ascent on forget images, descent on retain images"),
         Method("task-vector", TaskVectorConfig, erase_task_vector, summary="negated fine-tune on forget images"),
+        Method("simu", SimuConfig, erase_simu, summary="critical-neuron mask, masked Sophia fine-tuning"),
     )
 }
 

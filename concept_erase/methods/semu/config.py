@@ -6,8 +6,12 @@ from dataclasses import dataclass
 
 from ...config import Config, check_choice, check_fraction, check_int, check_number, check_patterns, setting
 from ...objectives import GRADIENT_LOSSES, OBJECTIVES
+from ..simu.attribution import MASK_KINDS
 
-__all__ = ["SemuConfig"]
+__all__ = ["SemuConfig", "SEMU_MASKS", "SEMU_OPTIMIZERS"]
+
+SEMU_MASKS = ("none", "simu")
+SEMU_OPTIMIZERS = ("adam", "sophia")
 
 
 @dataclass
@@ -57,6 +61,18 @@ class SemuConfig(Config):
     retain_weight: float = setting(1.0, "SEMU: weight α of the retain term")
     max_timestep: int = setting(1000, "train on timesteps t in [0, max_timestep)")
     seed: int = setting(0, "random seed of the training data and steps")
+    # SEMU x SIMU ("SIMU: Selective Influence Machine Unlearning"): "simu" keeps only the rows of the
+    # critical neurons (the SIMU attribution mask on the target layers) in each layer's subspace,
+    # so U_r R V_rᵀ is zero outside them. "none" is plain SEMU, unchanged.
+    mask: str = setting("none", "SEMU x SIMU: restrict the subspace to SIMU's critical neurons",
+                        choices=SEMU_MASKS)
+    mask_kind: str = setting("dual", "SEMU x SIMU: forget-critical neurons, or dual (forget and not retain)",
+                             choices=MASK_KINDS)
+    mask_threshold: float = setting(0.3, "SEMU x SIMU: layer-wise attribution threshold t")
+    mask_steps: int = setting(5, "SEMU x SIMU: Riemann steps m of the attribution")
+    # "sophia": R is trained with Sophia (arXiv 2305.14342, GNB Hessian estimate every 10 steps)
+    optimizer: str = setting("adam", "SEMU: optimiser of R", choices=SEMU_OPTIMIZERS)
+    sophia_rho: float = setting(0.04, "SEMU with Sophia: ρ of the clipped update")
 
     def __post_init__(self) -> None:
         check_patterns(self)
@@ -71,6 +87,12 @@ class SemuConfig(Config):
         check_number(self, "gradient_guidance", "eta", "retain_weight", allow_zero=True)
         check_number(self, "clip_gradient", optional=True)
         check_int(self, "max_timestep", maximum=1000)
+        check_choice(self, "mask", SEMU_MASKS)
+        check_choice(self, "mask_kind", MASK_KINDS)
+        check_choice(self, "optimizer", SEMU_OPTIMIZERS)
+        check_fraction(self, "mask_threshold")
+        check_int(self, "mask_steps")
+        check_number(self, "sophia_rho")
 
     def gamma_for(self, module_name: str) -> float:
         return self.gamma_cross_attention if ".attn2." in f".{module_name}." else self.gamma

@@ -51,16 +51,24 @@ def select_rank(singular_values: torch.Tensor, gamma: float) -> int:
 
 
 def gradient_subspace(grad: torch.Tensor, weight: torch.Tensor, gamma: float, *, max_rank: int | None = None,
-                      project: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      project: bool = True, row_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``U_r (out, r)``, ``S_r (r,)``, ``V_r (in·k, r)`` of the (projected) gradient of one layer.
 
+    ``row_mask`` (``(out,)`` bool, SEMU x SIMU) keeps only those rows of the projected gradient, and
+    U_r is exactly zero outside them, so the adapter U_r R V_rᵀ changes no other output neuron.
     Works on one layer at a time in float64 on the gradient's device; nothing but the factors is kept.
     """
     g = as_matrix(grad).double()
     w = as_matrix(weight).double()
     if project:
         g = project_perpendicular(g, w)
+    if row_mask is not None:
+        keep = row_mask.to(device=g.device, dtype=g.dtype)[:, None]  # (out, 1)
+        g = g * keep
     u, s, vh = torch.linalg.svd(g, full_matrices=False)  # thin SVD: (out, k), (k,), (k, in)
+    if row_mask is not None:
+        u = u * keep  # rounding leaves ~1e-17 there; the columns stay orthonormal
     r = select_rank(s, gamma)
     if max_rank is not None:
         r = min(r, max_rank)

@@ -22,9 +22,12 @@ from tqdm.auto import tqdm
 
 from ...adapter import UnlearningAdapter
 from ...concepts import Concept, resolve_concept
+from ...errors import InvalidConfigError
 from ...diffusion import add_noise, check_finite, encode_prompts, frozen_unet, prompt_latents
 from ...objectives import forget_loss, gradient_loss
 from ..common import FORGET_OFFSET, RETAIN_OFFSET, make_adapter, select_modules
+from ..simu.trainer import unet_critical_masks
+from ..sophia import Sophia, gnb_estimate
 from .config import SemuConfig
 from .layers import inject_, remove_, semu_layers
 from .svd import gradient_subspace
@@ -33,6 +36,7 @@ __all__ = ["erase"]
 logger = logging.getLogger(__name__)
 
 _HINT = "Lower `learning_rate` or `gradient_guidance`"
+_SOPHIA_INTERVAL = 10  # k of Sophia's Algorithm 3: steps between Hessian estimates (the paper's default)
 
 
 @contextlib.contextmanager
@@ -118,11 +122,24 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
             for w, gr in zip(weights.values(), grads):
                 w.grad = gr * scale if w.grad is None else w.grad.add_(gr, alpha=scale)
             del grads
+        # --- SEMU x SIMU: the critical neurons of the target layers (plain SEMU skips this) ---
+        row_masks = {}
+        if config.mask == "simu":
+            row_masks, _ = unet_critical_masks(
+                pipe, targets, (x0_f, f_idx_t, c_f), (x0_r, r_idx_t, c_r) if use_retain else None,
+                steps=config.mask_steps, threshold=config.mask_threshold, kind=config.mask_kind,
+                images=n_f, batch_size=config.batch_size, max_timestep=config.max_timestep, generator=g,
+                progress=progress)
         # --- 3-4. projection and SVD, one layer at a time ---
         factors, ranks = {}, {}
         for name, w in weights.items():
+            mask = row_masks.get(name)
+            if mask is not None and not mask.any():  # no critical neuron in this layer: not adapted
+                w.grad = None
+                w.requires_grad_(False)
+                continue
             u, s, v = gradient_subspace(w.grad, w.detach(), config.gamma_for(name), max_rank=config.max_rank,
-                                        project=config.project)
+                                        project=config.project, row_mask=mask)
             w.grad = None
             w.requires_grad_(False)
             factors[name] = (u, v)
@@ -131,7 +148,13 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
         layers = inject_(unet, factors)
         params = [layer.r for layer in layers.values()]
         objective = forget_loss(config.objective)
-        opt = torch.optim.Adam(params, lr=config.learning_rate)
+        if not params:
+            raise InvalidConfigError(f"SEMU x SIMU found no critical neuron in the target layers at threshold "
+                                     f"{config.mask_threshold}; lower `mask_threshold` or use mask_kind='forget'.")
+        if config.optimizer == "sophia":
+            opt = Sophia(params, lr=config.learning_rate, rho=config.sophia_rho, weight_decay=0.0)
+        else:
+            opt = torch.optim.Adam(params, lr=config.learning_rate)
         bar = tqdm(range(config.steps), desc=f"erase {concept.name}", disable=not progress)
         history = []
         for step in bar:
@@ -143,7 +166,15 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
                 with _adapters_disabled(unet):
                     return eps(x, tt, c)
 
-            loss_f = objective(eps, base_eps, x_t, t, noise, c_f[fi], c_a[fi],
+            preds = []  # predictions that carry R's gradient (Sophia's Hessian estimate uses them)
+
+            def train_eps(x, tt, c):
+                out = eps(x, tt, c)
+                if out.requires_grad:
+                    preds.append(out)
+                return out
+
+            loss_f = objective(train_eps, base_eps, x_t, t, noise, c_f[fi], c_a[fi],
                                c_null.expand(len(batch), -1, -1), eta=config.eta)
             loss = loss_f
             loss_r = None
@@ -153,9 +184,11 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
                 cr = c_r[r_idx_t[rb]]
                 with torch.no_grad():
                     target_r = base_eps(xr_t, tr, cr)
-                loss_r = torch.nn.functional.mse_loss(eps(xr_t, tr, cr), target_r)
+                loss_r = torch.nn.functional.mse_loss(train_eps(xr_t, tr, cr), target_r)
                 loss = loss_f + config.retain_weight * loss_r
             check_finite(loss, "loss", step, hint=_HINT)
+            if config.optimizer == "sophia" and step % _SOPHIA_INTERVAL == 0:
+                opt.update_hessian(gnb_estimate(preds, params, batch_size=len(batch), generator=g))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
