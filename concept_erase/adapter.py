@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,74 @@ from ._io import atomic_path
 from .errors import AdapterFormatError, ArchitectureMismatchError
 from .version import __version__
 
-__all__ = ["UnlearningAdapter", "FORMAT_VERSION", "METADATA_KEY", "unet_fingerprint", "load_safetensors"]
+__all__ = ["UnlearningAdapter", "FORMAT_VERSION", "METADATA_KEY", "unet_fingerprint", "load_safetensors",
+           "parse_metadata"]
 
 FORMAT_VERSION = 1
 METADATA_KEY = "concept_erase"
 _PEFT_KEY = re.compile(r"^unet\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
 _KOHYA_KEY = re.compile(r"^lora_unet_(?P<module>.+)\.(?P<which>lora_down|lora_up|alpha)(\.weight)?$")
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_METADATA_BYTES = 1 << 20  # our JSON is a few KiB (prompts, config); more is not an adapter of ours
+MAX_METADATA_DEPTH = 32
+# metadata fields this package reads, and the JSON types they must have
+_METADATA_TYPES = {
+    "format_version": int, "library_version": str, "method": str, "base_model": str, "base_fingerprint": str,
+    "concept": dict, "config": dict, "ranks": dict, "trainable_parameters": int, "trainable_fraction": (int, float),
+    "seconds": (int, float), "source_format": str, "name": str, "compression_error": (int, float),
+}
+_CONCEPT_TYPES = {"name": str, "forget": list, "anchor": list, "retain": list, "paraphrases": list,
+                  "target": (dict, type(None)), "description": str}
+
+
+def _depth(value) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(v, dict):
+            stack += [(x, d + 1) for x in v.values()]
+        elif isinstance(v, list):
+            stack += [(x, d + 1) for x in v]
+    return deepest
+
+
+def parse_metadata(text: str | None, where: str) -> dict:
+    """Our metadata JSON -> dict, every field this package reads of the right type; anything else
+    raises :class:`AdapterFormatError` naming ``where`` and the problem."""
+    if text is None:
+        return {}
+    if len(text) > MAX_METADATA_BYTES:
+        raise AdapterFormatError(f"{where}: the `{METADATA_KEY}` metadata is {len(text):,} characters long (at most "
+                                 f"{MAX_METADATA_BYTES:,} are accepted); the file was not written by concept-erase.")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep for the parser
+        raise AdapterFormatError(f"{where}: the `{METADATA_KEY}` metadata is not valid JSON.") from None
+    if not isinstance(meta, dict):
+        raise AdapterFormatError(f"{where}: the `{METADATA_KEY}` metadata must be a JSON object, but is a "
+                                 f"{type(meta).__name__}.")
+    if _depth(meta) > MAX_METADATA_DEPTH:
+        raise AdapterFormatError(f"{where}: the `{METADATA_KEY}` metadata is nested more than {MAX_METADATA_DEPTH} "
+                                 "levels deep; the file was not written by concept-erase.")
+    for fields, obj, prefix in ((_METADATA_TYPES, meta, ""), (_CONCEPT_TYPES, meta.get("concept"), "concept.")):
+        for key, kind in fields.items():
+            if isinstance(obj, dict) and key in obj:
+                value = obj[key]
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+                    raise AdapterFormatError(f"{where}: metadata field `{prefix}{key}` must be a {names}, but is "
+                                             f"{json.dumps(value)[:80]}.")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise AdapterFormatError(
+            f"{where} uses adapter format {version}, newer than this concept-erase understands ({FORMAT_VERSION}). "
+            "Upgrade: pip install -U concept-erase.")
+    if version < 1:
+        raise AdapterFormatError(f"{where}: adapter format {version} does not exist (formats start at 1).")
+    return meta
 
 
 def unet_fingerprint(unet: torch.nn.Module) -> str:
@@ -58,7 +120,7 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             meta = f.metadata() or {}
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as e:
         raise AdapterFormatError(
             f"{str(path)!r} is not a valid safetensors file ({e}). It may be truncated or corrupt: download or "
             "train it again."
@@ -99,16 +161,23 @@ class UnlearningAdapter:
                 missing = "lora_B" if "A" in ab else "lora_A"
                 raise AdapterFormatError(f"Layer {module!r} has no {missing} tensor; the file is incomplete.")
             a, b = ab["A"], ab["B"]
-            if a.ndim not in (2, 4) or b.ndim != a.ndim or a.shape[0] != b.shape[1]:
+            if not all(isinstance(t, torch.Tensor) for t in (a, b)):
+                raise AdapterFormatError(f"Layer {module!r}: the LoRA factors must be tensors.")
+            if (a.ndim not in (2, 4) or b.ndim != a.ndim or a.shape[0] != b.shape[1]
+                    or (a.ndim == 4 and tuple(b.shape[2:]) != (1, 1))):
                 raise AdapterFormatError(
                     f"Layer {module!r}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not form a "
                     "low-rank pair (expected A (r, in[, kh, kw]) and B (out, r[, 1, 1]))."
                 )
+            if a.shape[0] == 0 or 0 in a.shape or 0 in b.shape:
+                raise AdapterFormatError(f"Layer {module!r} has rank 0 or an empty dimension (lora_A "
+                                         f"{tuple(a.shape)}, lora_B {tuple(b.shape)}); the file is corrupt.")
             for name, t in (("lora_A", a), ("lora_B", b)):
-                if not t.is_floating_point() or not torch.isfinite(t).all():
-                    raise AdapterFormatError(
-                        f"Layer {module!r}: {name} holds NaN/inf or non-float values; the file is corrupt."
-                    )
+                if t.dtype not in _FLOAT_DTYPES:
+                    raise AdapterFormatError(f"Layer {module!r}: {name} has dtype {t.dtype}; LoRA factors are "
+                                             "float16, bfloat16, float32 or float64.")
+                if not torch.isfinite(t).all():
+                    raise AdapterFormatError(f"Layer {module!r}: {name} holds NaN or inf values; the file is corrupt.")
         self._pairs = {m: (ab["A"], ab["B"]) for m, ab in sorted(pairs.items())}
 
     @property
@@ -121,7 +190,12 @@ class UnlearningAdapter:
 
     @property
     def name(self) -> str:
-        return self.metadata.get("concept", {}).get("name") or self.metadata.get("name") or "unlearning"
+        """The concept's name for display (any text: dots, spaces, unicode); never used as a key."""
+        concept = self.metadata.get("concept") if isinstance(self.metadata, dict) else None
+        for name in ((concept or {}).get("name") if isinstance(concept, dict) else None, self.metadata.get("name")):
+            if isinstance(name, str) and name.strip():
+                return name
+        return "unlearning"
 
     def factors(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self._pairs[module]
@@ -154,6 +228,11 @@ class UnlearningAdapter:
                     f"{tuple(weight.shape) if weight is not None else None} here, but the adapter expects "
                     f"{expected}. Use it with the base model it was trained on."
                 )
+            full = min(b.shape[0], a[0].numel())
+            if a.shape[0] > full:
+                raise AdapterFormatError(
+                    f"Layer {module!r} has rank {a.shape[0]}, above min(out, in) = {full} of its weight: such factors "
+                    f"cost more than the dense change they make. Re-export the adapter at rank ≤ {full}.")
 
     # ----- sizes -----
     @property
@@ -182,15 +261,7 @@ class UnlearningAdapter:
     def load(cls, path: str | Path) -> "UnlearningAdapter":
         """Load and validate an adapter file (safetensors only; PEFT or kohya keys)."""
         tensors, header = load_safetensors(path)
-        try:
-            meta = json.loads(header.get(METADATA_KEY, "{}"))
-        except json.JSONDecodeError:
-            raise AdapterFormatError(f"{str(path)!r}: the `{METADATA_KEY}` metadata is not valid JSON.") from None
-        if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise AdapterFormatError(
-                f"{str(path)!r} uses adapter format {meta['format_version']}, newer than this concept-erase "
-                f"understands ({FORMAT_VERSION}). Upgrade: pip install -U concept-erase."
-            )
+        meta = parse_metadata(header.get(METADATA_KEY), repr(str(path)))
         if tensors and all(k.startswith("lora_unet_") for k in tensors):
             meta.setdefault("source_format", "kohya")
             return cls._from_kohya(tensors, meta, path)
@@ -204,12 +275,25 @@ class UnlearningAdapter:
         for key, t in tensors.items():
             m = _KOHYA_KEY.match(key)
             if not m:
-                raise AdapterFormatError(f"{str(path)!r}: unexpected kohya key {key!r}.")
+                raise AdapterFormatError(f"{str(path)!r}: unexpected kohya key {key!r} (only UNet layers, "
+                                         "`lora_unet_<layer>.lora_down.weight` / `.lora_up.weight` / `.alpha`, are read).")
             if m["which"] == "alpha":
                 continue
-            rank = (tensors[key].shape[0] if m["which"] == "lora_down" else tensors[key].shape[1])
+            if t.ndim not in (2, 4) or 0 in t.shape:
+                raise AdapterFormatError(f"{str(path)!r}: {key} has shape {tuple(t.shape)}; kohya LoRA factors are "
+                                         "2-D (or 4-D for convolutions) and not empty.")
+            rank = t.shape[0] if m["which"] == "lora_down" else t.shape[1]
             alpha = tensors.get(f"lora_unet_{m['module']}.alpha")
-            scale = float(alpha) / rank if alpha is not None else 1.0
+            scale = 1.0
+            if alpha is not None:
+                if alpha.numel() != 1 or alpha.dtype not in _FLOAT_DTYPES + (torch.int32, torch.int64):
+                    raise AdapterFormatError(f"{str(path)!r}: lora_unet_{m['module']}.alpha must be one number, but "
+                                             f"has shape {tuple(alpha.shape)} and dtype {alpha.dtype}.")
+                value = float(alpha.reshape(()))
+                if not math.isfinite(value) or value < 0:
+                    raise AdapterFormatError(f"{str(path)!r}: lora_unet_{m['module']}.alpha is {value}; it must be a "
+                                             "finite number ≥ 0.")
+                scale = value / rank if value > 0 else 1.0  # kohya reads alpha 0 as alpha = rank
             which = "A" if m["which"] == "lora_down" else "B"
             out[f"unet.{m['module']}.lora_{which}.weight"] = t * scale if which == "B" else t
         adapter = cls(out, meta)
@@ -267,8 +351,9 @@ class UnlearningAdapter:
         ]
         if "concept" in m:
             c = m["concept"]
-            lines.append(f"forget        {len(c.get('forget', []))} prompts, e.g. {c.get('forget', [''])[0]!r}")
-            lines.append(f"anchor        e.g. {c.get('anchor', [''])[0]!r}")
+            forget, anchor = c.get("forget") or [""], c.get("anchor") or [""]
+            lines.append(f"forget        {len(c.get('forget') or [])} prompts, e.g. {forget[0]!r}")
+            lines.append(f"anchor        e.g. {anchor[0]!r}")
             lines.append(f"retain        {len(c.get('retain', []))} prompts")
         if "seconds" in m:
             lines.append(f"erase time    {m['seconds']:.1f} s")

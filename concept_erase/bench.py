@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import world
-from ._io import atomic_path, atomic_write_json, atomic_write_text
+from ._io import atomic_path, atomic_write_json, atomic_write_text, check_output_dir
 from .concepts import load_preset
 from .evaluation.fid import WorldFeatures, fid_of_images
 from .evaluation.world import evaluate_sets
@@ -118,10 +118,10 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 def run_bench(out_dir: str | Path = "bench", *, quick: bool = False, methods=METHOD_ORDER, concepts=None,
-              images_per_prompt: int | None = None, progress: bool = True) -> list[dict]:
+              images_per_prompt: int | None = None, progress: bool = True, overwrite: bool = False) -> list[dict]:
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir, overwrite=overwrite, owned=("bench.json",), what="a benchmark")
     out_dir.mkdir(parents=True, exist_ok=True)
     concepts = concepts or (("no-red",) if quick else CONCEPTS)
     ipp = images_per_prompt or (1 if quick else 2)

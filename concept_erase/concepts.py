@@ -53,9 +53,9 @@ class Concept:
     description: str = ""
 
     def __post_init__(self) -> None:
+        self.forget = _prompt_list(self.forget, "forget", allow_empty=False)  # first: `--forget ""` is about prompts
         if not isinstance(self.name, str) or not self.name.strip():
             raise InvalidPromptError(f"A concept needs a non-empty `name`, got {self.name!r}.")
-        self.forget = _prompt_list(self.forget, "forget", allow_empty=False)
         anchor = _prompt_list(self.anchor, "anchor", allow_empty=False)
         if len(anchor) == 1:
             anchor = anchor * len(self.forget)
@@ -72,6 +72,8 @@ class Concept:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Concept":
+        if not isinstance(data, dict):
+            raise InvalidPromptError(f"A concept is a JSON object of fields, but got a {type(data).__name__}.")
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -96,8 +98,9 @@ def load_preset(name: str) -> Concept:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InvalidPromptError(f"Preset file {str(path)!r} is not valid JSON: {e}.") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidPromptError(f"Preset file {str(path)!r} is not valid UTF-8 JSON ({type(e).__name__}: "
+                                 f"{str(e)[:200]}).") from None
     return Concept.from_dict(data)
 
 

@@ -1,6 +1,7 @@
 """Diffusion plumbing every method, the evaluation and the demo share.
 
-- prompts -> text embeddings as the pipeline computes them (:func:`encode_prompts`);
+- prompts -> text embeddings as the pipeline computes them (:func:`encode_prompts`), with a warning
+  (counts and an example) for prompts the text encoder would cut or cannot read (:func:`check_prompts`);
 - images and clean latents drawn by the pipeline itself, seeded per image so that a result depends
   only on its prompt and seed, never on the batch (:func:`generate_images`, :func:`generate_latents`,
   :func:`prompt_latents`); images -> latents through the VAE (:func:`encode_images`);
@@ -13,6 +14,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 from typing import Sequence
 
 import numpy as np
@@ -23,14 +26,61 @@ from tqdm.auto import tqdm
 from .errors import InvalidPromptError, TrainingDivergedError
 
 __all__ = [
-    "encode_prompts", "generate_images", "generate_latents", "prompt_latents", "data_seeds", "cycle_indices",
+    "encode_prompts", "check_prompts", "generate_images", "generate_latents", "prompt_latents", "data_seeds", "cycle_indices",
     "encode_images", "add_noise", "frozen_unet", "functional_eps", "base_eps_of", "check_finite", "quiet_progress",
 ]
+logger = logging.getLogger(__name__)
+_WARNED: set[tuple[int, str]] = set()  # (tokenizer, prompt) pairs already reported in this process
 
 
 # ---------------------------------------------------------------- prompts and generated data
+def check_prompts(pipe, prompts: Sequence[str], *, what: str = "prompts", warn: bool = True) -> dict[str, list[str]]:
+    """The prompts the pipeline's text encoder will not see whole: ``"truncated"`` (longer than its
+    context; the end is cut) and ``"unknown"`` (made only of words that are no token of its
+    vocabulary, so they are spelled out in pieces the model was not trained on — in practice
+    gibberish, or words outside the shapes world's vocabulary). With ``warn``, logs one warning
+    with the counts and an example, once per prompt per process."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    found: dict[str, list[str]] = {"truncated": [], "unknown": []}
+    if tokenizer is None or not prompts:
+        return found
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "Token indices sequence length is longer than ...": we report it ourselves
+    try:
+        ids = tokenizer(list(prompts), add_special_tokens=False).input_ids
+        words = sorted({w for p in prompts for w in re.findall(r"\w+", p.lower())})
+        whole = {w for w, t in zip(words, tokenizer(words, add_special_tokens=False).input_ids if words else [])
+                 if len(t) == 1}
+    finally:
+        hf_logging.set_verbosity(level)
+    limit = tokenizer.model_max_length - 2  # the start and end tokens take two places
+    for prompt, tokens in zip(prompts, ids):
+        if len(tokens) > limit:
+            found["truncated"].append(prompt)
+        prompt_words = re.findall(r"\w+", prompt.lower())
+        if prompt_words and not any(w in whole for w in prompt_words):
+            found["unknown"].append(prompt)
+    if warn:
+        key = id(tokenizer)
+        new = {k: [p for p in v if (key, p) not in _WARNED] for k, v in found.items()}
+        parts = []
+        if new["truncated"]:
+            parts.append(f"{len(new['truncated'])} longer than the text encoder's {limit} tokens are cut at the end "
+                         f"(e.g. {new['truncated'][0][:80]!r})")
+        if new["unknown"]:
+            parts.append(f"{len(new['unknown'])} consist only of words the tokenizer has no token for and are spelled "
+                         f"out in pieces (e.g. {new['unknown'][0][:80]!r})")
+        if parts:
+            logger.warning("Of %d %s, %s.", len(prompts), what, "; ".join(parts))
+            _WARNED.update((key, p) for v in new.values() for p in v)
+    return found
+
+
 def encode_prompts(pipe, prompts: Sequence[str]) -> torch.Tensor:
-    """Text embeddings ``(N, T, D)`` as the pipeline would compute them."""
+    """Text embeddings ``(N, T, D)`` as the pipeline would compute them (see :func:`check_prompts`)."""
+    check_prompts(pipe, prompts)
     with torch.no_grad():
         emb, _ = pipe.encode_prompt(list(prompts), pipe._execution_device, 1, False)
     return emb

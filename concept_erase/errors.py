@@ -17,6 +17,7 @@ __all__ = [
     "ArchitectureMismatchError",
     "TrainingDivergedError",
     "MissingDependencyError",
+    "OutputPathError",
 ]
 
 
@@ -57,3 +58,12 @@ class TrainingDivergedError(ConceptEraseError, FloatingPointError):
 
 class MissingDependencyError(ConceptEraseError, ModuleNotFoundError):
     """An optional dependency is not installed; the message gives the install command."""
+
+
+class OutputPathError(ConceptEraseError, OSError):
+    """An output path cannot be used: it exists, holds other files, is protected or is not writable.
+
+    Raised before any work starts, so nothing is lost and nothing the user owns is touched."""
+
+    def __str__(self) -> str:  # OSError would format (errno, strerror) pairs
+        return str(self.args[0]) if self.args else ""

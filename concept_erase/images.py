@@ -57,8 +57,12 @@ def load_images(paths: Sequence[str | Path]) -> torch.Tensor:
     """PNG/JPEG files -> ``(B, 3, H, W)`` floats in [0, 1] (all must have one size)."""
     arrays = []
     for p in paths:
-        with Image.open(p) as im:
-            arrays.append(np.asarray(im.convert("RGB")))
+        try:
+            with Image.open(p) as im:
+                arrays.append(np.asarray(im.convert("RGB")))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, empty, not an image
+            raise InvalidConfigError(f"Image {str(p)!r} cannot be read ({type(e).__name__}: {e}); it is not an image "
+                                     "or is truncated. Remove or replace it.") from None
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise InvalidConfigError(f"Images of different sizes {sorted(sizes)} in one batch (e.g. {str(paths[0])!r}); "

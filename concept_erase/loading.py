@@ -11,18 +11,22 @@ every pipeline object, existing ones included); nothing else happens at import t
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
+import re
 from pathlib import Path
 
 import torch
 
 from .adapter import UnlearningAdapter
+from .codebook import CodebookEdit, attach_codebook_, detach_codebook_, is_codebook_file, loaded_codebook
 from .concepts import list_presets
-from .errors import AdapterFormatError, UnknownConceptError, WeightsNotFoundError
+from .errors import AdapterFormatError, InvalidConfigError, UnknownConceptError, WeightsNotFoundError
 
 __all__ = ["resolve_adapter", "adapter_home", "known_adapters", "UnlearningMixin", "install_pipeline_methods",
-           "SHIPPED_ADAPTERS_DIR", "load_base", "is_world", "default_device"]
+           "SHIPPED_ADAPTERS_DIR", "load_base", "is_world", "default_device", "adapter_key"]
 logger = logging.getLogger(__name__)
 
 SHIPPED_ADAPTERS_DIR = Path(__file__).parent / "adapters"
@@ -86,7 +90,8 @@ def known_adapters() -> dict[str, Path]:
     for directory in (adapter_home(), SHIPPED_ADAPTERS_DIR):
         if directory.is_dir():
             for p in sorted(directory.glob("*.safetensors")):
-                found.setdefault(p.stem, p)
+                if not p.name.startswith("."):  # hidden: an unfinished write or another tool's temp file
+                    found.setdefault(p.stem, p)
     return found
 
 
@@ -96,7 +101,7 @@ def _from_directory(directory: Path, weight_name: str | None) -> Path:
         if not path.is_file():
             raise AdapterFormatError(f"No file {weight_name!r} in {str(directory)!r}.")
         return path
-    files = sorted(directory.glob("*.safetensors"))
+    files = sorted(p for p in directory.glob("*.safetensors") if not p.name.startswith("."))
     if len(files) != 1:
         raise AdapterFormatError(
             f"Directory {str(directory)!r} holds {len(files)} .safetensors files; pass `weight_name=` to pick one."
@@ -154,6 +159,33 @@ def _from_hub(repo_id: str, weight_name: str | None) -> Path:
         ) from None
 
 
+def _check_scale(scale) -> float:
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(scale, (str, bytes)) or not math.isfinite(value):
+        raise InvalidConfigError(f"An unlearning scale must be a finite number, but is {scale!r}.")
+    return value
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def adapter_key(name: str) -> str:
+    """The key PEFT stores adapter ``name`` under. PEFT keeps adapters in ``ModuleDict`` s, whose keys
+    may not contain ``.`` (nor be empty), so any other name becomes a slug plus a short hash:
+    ``"no-nudity-sd1.5"`` -> ``"no-nudity-sd1_5-3f2a9c1e"``. Users only ever see their own name.
+
+    >>> adapter_key("no-red"), adapter_key("no red.v2")[:10]
+    ('no-red', 'no_red_v2-')
+    """
+    if _PLAIN_KEY.fullmatch(name):
+        return name
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:40] or "adapter"
+    return f"{slug}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
 class UnlearningMixin:
     """Methods for any diffusers pipeline with a ``unet``; attached to ``DiffusionPipeline`` on import."""
 
@@ -168,7 +200,14 @@ class UnlearningMixin:
         if isinstance(name_or_path, UnlearningAdapter):
             adapter = name_or_path
         else:
-            adapter = UnlearningAdapter.load(resolve_adapter(name_or_path, weight_name=weight_name))
+            edit = name_or_path if isinstance(name_or_path, CodebookEdit) else None
+            path = None if edit else resolve_adapter(name_or_path, weight_name=weight_name)
+            if edit is not None or is_codebook_file(path):  # a codebook erasure (CodeUnlearn): not a LoRA
+                return attach_codebook_(self, edit or CodebookEdit.load(path), name=adapter_name, scale=scale)
+            adapter = UnlearningAdapter.load(path)
+        if adapter_name is not None and (not isinstance(adapter_name, str) or not adapter_name.strip()):
+            raise InvalidConfigError(f"`adapter_name` must be a non-empty string, but is {adapter_name!r}.")
+        _check_scale(scale)
         adapter = adapter.resolve_kohya_names(self.unet)
         adapter.check_compatible(self.unet)  # before any weight is touched
         name = adapter_name or adapter.name
@@ -176,12 +215,17 @@ class UnlearningMixin:
         if name in active["scales"]:
             raise AdapterFormatError(
                 f"An unlearning adapter named {name!r} is already loaded; pass another `adapter_name=` "
-                "or unload it first with `pipe.unload_unlearning_adapter({name!r})`."
+                f"or unload it first with `pipe.unload_unlearning_adapter({name!r})`."
             )
         if active["fused"]:
             raise AdapterFormatError("Unfuse first (`pipe.unfuse_unlearning_adapter()`) before loading another adapter.")
+        key = adapter_key(name)
+        if key in (self.get_list_adapters().get("unet") or []):
+            raise AdapterFormatError(f"The pipeline already holds a LoRA adapter named {key!r}; pass another "
+                                     "`adapter_name=`.")
         # diffusers takes (and may mutate) the dict: give it copies
-        self.load_lora_weights({k: v.clone() for k, v in adapter.tensors.items()}, adapter_name=name)
+        self.load_lora_weights({k: v.clone() for k, v in adapter.tensors.items()}, adapter_name=key)
+        active["keys"][name] = key
         active["scales"][name] = float(scale)
         active["metadata"][name] = adapter.metadata
         self._apply_unlearning_scales()
@@ -189,26 +233,33 @@ class UnlearningMixin:
 
     def set_unlearning_scale(self, scale: float | dict[str, float], adapter_name: str | None = None) -> None:
         """Set the erasure strength: one number for every adapter (or ``adapter_name``), or a dict."""
+        book = loaded_codebook(self)
+        if book is not None and not isinstance(scale, dict) and adapter_name in (None, book["name"]):
+            book["scale"] = float(scale)  # a codebook edit: ĥ + scale·(ĥ_edit − ĥ)
+            if adapter_name is not None or not self._unlearning_state()["scales"]:
+                return
         active = self._unlearning_state()
+        if active["fused"]:  # checked first: a refused call changes nothing
+            raise AdapterFormatError("The adapters are fused; unfuse them before changing the scale.")
         if isinstance(scale, dict):
             unknown = set(scale) - set(active["scales"])
             if unknown:
                 raise UnknownConceptError(f"No unlearning adapter named {sorted(unknown)}; loaded: {list(active['scales'])}.")
-            active["scales"].update({k: float(v) for k, v in scale.items()})
+            active["scales"].update({k: _check_scale(v) for k, v in scale.items()})
         else:
+            value = _check_scale(scale)
             names = [adapter_name] if adapter_name else list(active["scales"])
             for n in names:
                 if n not in active["scales"]:
                     raise UnknownConceptError(f"No unlearning adapter named {n!r}; loaded: {list(active['scales'])}.")
-                active["scales"][n] = float(scale)
-        if active["fused"]:
-            raise AdapterFormatError("The adapters are fused; unfuse them before changing the scale.")
+            active["scales"].update(dict.fromkeys(names, value))
         self._apply_unlearning_scales()
 
     @property
     def unlearning_adapters(self) -> dict[str, float]:
         """Loaded unlearning adapters and their scales."""
-        return dict(self._unlearning_state()["scales"])
+        book = loaded_codebook(self)
+        return {**self._unlearning_state()["scales"], **({book["name"]: book["scale"]} if book else {})}
 
     def unlearning_metadata(self, adapter_name: str) -> dict:
         return self._unlearning_state()["metadata"][adapter_name]
@@ -224,9 +275,9 @@ class UnlearningMixin:
         active["originals"] = {
             name: module.get_base_layer().weight.detach().clone()
             for name, module in self.unet.named_modules()
-            if isinstance(module, BaseTunerLayer) and set(module.active_adapters) & set(active["scales"])
+            if isinstance(module, BaseTunerLayer) and set(module.active_adapters) & set(active["keys"].values())
         }
-        self.fuse_lora(components=["unet"], adapter_names=list(active["scales"]), lora_scale=1.0)
+        self.fuse_lora(components=["unet"], adapter_names=list(active["keys"].values()), lora_scale=1.0)
         active["fused"] = True
 
     def unfuse_unlearning_adapter(self) -> None:
@@ -243,16 +294,22 @@ class UnlearningMixin:
 
     def unload_unlearning_adapter(self, adapter_name: str | None = None) -> None:
         """Remove one unlearning adapter (or all): the base weights come back bit-for-bit."""
+        book = loaded_codebook(self)
+        if book is not None and adapter_name in (None, book["name"]):
+            detach_codebook_(self)  # a codebook edit: the hook goes, no weight was ever touched
+            if adapter_name is not None or not self._unlearning_state()["scales"]:
+                return
         active = self._unlearning_state()
         names = [adapter_name] if adapter_name else list(active["scales"])
         for n in names:
             if n not in active["scales"]:
                 raise UnknownConceptError(f"No unlearning adapter named {n!r}; loaded: {list(active['scales'])}.")
         self.unfuse_unlearning_adapter()
-        self.delete_adapters(names)
+        self.delete_adapters([active["keys"][n] for n in names])
         for n in names:
             active["scales"].pop(n)
             active["metadata"].pop(n)
+            active["keys"].pop(n)
         if not self.get_list_adapters().get("unet"):
             self.unload_lora_weights()  # no adapter left at all: take PEFT's wrappers out too
         elif active["scales"]:
@@ -262,14 +319,15 @@ class UnlearningMixin:
     def _unlearning_state(self) -> dict:
         state = self.__dict__.get("_concept_erase_state")
         if state is None:
-            state = {"scales": {}, "metadata": {}, "fused": False}
+            state = {"scales": {}, "metadata": {}, "keys": {}, "fused": False}  # keys: name -> PEFT key
             self.__dict__["_concept_erase_state"] = state
         return state
 
     def _apply_unlearning_scales(self) -> None:
-        scales = self._unlearning_state()["scales"]
-        others = [a for a in self.get_active_adapters() if a not in scales]  # keep the user's own LoRAs on
-        self.set_adapters(list(scales) + others, list(scales.values()) + [1.0] * len(others))
+        state = self._unlearning_state()
+        keys = [state["keys"][n] for n in state["scales"]]
+        others = [a for a in self.get_active_adapters() if a not in keys]  # keep the user's own LoRAs on
+        self.set_adapters(keys + others, list(state["scales"].values()) + [1.0] * len(others))
 
 
 _METHODS = ("load_unlearning_adapter", "set_unlearning_scale", "unlearning_adapters", "unlearning_metadata",

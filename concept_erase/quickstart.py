@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import world
-from ._io import atomic_write_json, atomic_write_text, save_image_atomic
+from ._io import atomic_write_json, atomic_write_text, check_output_dir, save_image_atomic
 from .concepts import load_preset
 from .evaluation.world import evaluate_sets
 from .loading import default_device
@@ -38,15 +38,18 @@ def before_after_table(before: dict, after: dict, concept_name: str) -> str:
 
 
 def run_quickstart(out_dir: str | Path = "concept-erase-quickstart", preset: str = "no-red", *,
-                   progress: bool = True, config=None) -> dict:
+                   progress: bool = True, config=None, overwrite: bool = False) -> dict:
     """Erase ``preset`` from the shipped world model, reload the adapter, measure before/after and write
-    ``quickstart.json``, ``quickstart.md`` and ``before_after.png`` into ``out_dir``; returns the figures."""
-    out_dir = Path(out_dir)
+    ``quickstart.json``, ``quickstart.md`` and ``before_after.png`` into ``out_dir``; returns the figures.
+
+    ``out_dir`` must be new, empty or an earlier quickstart's (else ``overwrite``); checked first."""
+    concept = load_preset(preset)
+    out_dir = check_output_dir(out_dir, overwrite=overwrite, owned=("quickstart.json", f"{concept.name}.safetensors"),
+                               what="a quickstart run")
     t_all = time.perf_counter()
     device = default_device()
     pipe = world.load_pipeline(device)
     classifier = world.load_classifier(device=device)
-    concept = load_preset(preset)
 
     t0 = time.perf_counter()
     adapter = erase(pipe, concept, config or SemuConfig(), progress=progress)

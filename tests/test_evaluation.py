@@ -424,11 +424,14 @@ def test_manifest_refuses_to_mix_settings(tmp_path):
 
     check_manifest(tmp_path / "m", {"sampling": {"num_inference_steps": 20}})
     check_manifest(tmp_path / "m", {"sampling": {"num_inference_steps": 20}})  # same settings: resume
-    (tmp_path / "m" / "x.png").write_bytes(b"")
+    (tmp_path / "m" / "forget").mkdir()
+    (tmp_path / "m" / "forget" / "00000_s0.png").write_bytes(b"")
+    (tmp_path / "m" / "forget" / "my-notes.txt").write_text("mine")  # a file the tool did not write
     with pytest.raises(InvalidConfigError, match="changed: sampling.*--overwrite"):
         check_manifest(tmp_path / "m", {"sampling": {"num_inference_steps": 50}})
     check_manifest(tmp_path / "m", {"sampling": {"num_inference_steps": 50}}, overwrite=True)
-    assert not (tmp_path / "m" / "x.png").exists()
+    assert not (tmp_path / "m" / "forget" / "00000_s0.png").exists()  # the tool's images are deleted ...
+    assert (tmp_path / "m" / "forget" / "my-notes.txt").read_text() == "mine"  # ... nothing else
     # rows appended to (or dropped from the end of) the prompt file keep the other images; edited rows do not
     check_manifest(tmp_path / "p", {"prompts": ["a", "b"]})
     check_manifest(tmp_path / "p", {"prompts": ["a", "b", "c"]})

@@ -2,7 +2,8 @@
 
 ``concept-erase --help`` and ``--version`` import nothing heavy: only the parser of the command
 being run is built (its module imports what it needs), the others are listed by name and help.
-Errors the tool raises on purpose exit with status 2 and one line on stderr.
+Errors the tool raises on purpose exit with status 2 and one line on stderr; an error of the
+operating system (disk full, permission denied) exits with status 1 and one line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "open the side-by-side Gradio demo (original vs unlearned, same seed)"),
     "bench": ("bench", "every erasure method on the shapes world: quality vs cost"),
     "world": ("world", "the shipped shapes world: train, sample, eval"),
+    "codebook": ("codebook", "train the codebook bottleneck of a base model (for --method codebook)"),
 }
 
 DESCRIPTION = ("Erase concepts from text-to-image diffusion models with SEMU adapters that load like LoRA "
@@ -63,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConceptEraseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the disk, permissions, a file that vanished: the environment, not a bug
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}; files already written are complete", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; files already written are complete, nothing half-written was left", file=sys.stderr)
         return 130

@@ -37,7 +37,8 @@ def add_erase_parser(sub, help: str) -> None:
     e.add_argument("--anchor", nargs="+", help="anchor prompt(s): one, or one per forget prompt")
     e.add_argument("--retain", nargs="+", help="retain prompts (optional)")
     e.add_argument("--name", help="concept name stored in the adapter")
-    e.add_argument("--out", required=True, help="output .safetensors file")
+    e.add_argument("--out", required=True, help="output .safetensors file (checked before training)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     e.add_argument("--quiet", action="store_true")
     e.add_argument("--set", nargs="+", metavar="KEY=VALUE",
@@ -83,10 +84,20 @@ def cmd_erase(args) -> int:
     settings = {**given, **_parse_settings(args.set)}
     config = method.config(**settings)  # every setting checked before the model is loaded
     concept = _concept_from_args(args)
+    out = _adapter_out(args.out, args.overwrite)  # an unwritable --out must not cost a training run
     pipe = load_base(args.base, args.device)
     adapter = method.erase(pipe, concept, config, progress=not args.quiet)
-    _print_summary(adapter, adapter.save(args.out))
+    _print_summary(adapter, adapter.save(out))
     return 0
+
+
+def _adapter_out(path, overwrite: bool) -> Path:
+    from .._io import check_output_file
+
+    out = check_output_file(path, overwrite=overwrite)
+    if out.suffix != ".safetensors":
+        raise InvalidConfigError(f"--out {str(path)!r} must end in .safetensors (adapters are safetensors files).")
+    return out
 
 
 # ---------------------------------------------------------------- info
@@ -115,15 +126,18 @@ def add_export_parser(sub, help: str) -> None:
     x.add_argument("file")
     x.add_argument("--format", choices=["kohya", "peft"], default="kohya")
     x.add_argument("--out", help="output file (default: FILE.<format>.safetensors)")
+    x.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     x.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
     from ..adapter import UnlearningAdapter
 
-    adapter = UnlearningAdapter.load(args.file)
     src = Path(args.file)
-    out = Path(args.out) if args.out else src.with_name(f"{src.stem}.{args.format}.safetensors")
+    out = _adapter_out(args.out or src.with_name(f"{src.stem}.{args.format}.safetensors"), args.overwrite)
+    if out.resolve() == src.resolve():
+        raise InvalidConfigError(f"--out {str(out)!r} is the file being exported; choose another path.")
+    adapter = UnlearningAdapter.load(args.file)
     if args.format == "kohya":
         adapter.save_kohya(out)
     else:

@@ -10,7 +10,9 @@ def add_world_parser(sub, help: str) -> None:
     w = sub.add_parser("world", help=help)
     wsub = w.add_subparsers(dest="world_command", required=True)
     wt = wsub.add_parser("train", help="train the world model from scratch (about 40 min on 2 CPU cores)")
-    wt.add_argument("--out", required=True)
+    wt.add_argument("--out", required=True, help="a new directory (checked before training)")
+    wt.add_argument("--overwrite", action="store_true", help="replace a world model already in --out (the old one "
+                    "is kept until the new one is complete); a directory holding anything else is never replaced")
     wt.add_argument("--seed", type=int, default=0)
     wt.add_argument("--smoke", action="store_true", help="a few steps of a tiny model, to check the code runs")
     wt.add_argument("--quiet", action="store_true")
@@ -20,6 +22,7 @@ def add_world_parser(sub, help: str) -> None:
     ws.add_argument("-n", type=int, default=4, help="images per --prompt")
     ws.add_argument("--seed", type=int, default=0)
     ws.add_argument("--out", default="world-samples.png")
+    ws.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ws.add_argument("--weights", help="a world model directory (default: the shipped one)")
     ws.add_argument("--device")
     ws.add_argument("--quiet", action="store_true")
@@ -39,17 +42,22 @@ def cmd_world_train(args) -> int:
 
     config = WorldTrainConfig.smoke() if args.smoke else WorldTrainConfig(seed=args.seed)
     t0 = time.perf_counter()
-    out = train_world(args.out, config, progress=not args.quiet)
+    out = train_world(args.out, config, progress=not args.quiet, overwrite=args.overwrite)
     print(f"world model written to {out} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
 def cmd_world_sample(args) -> int:
     from .. import world
-    from .._io import save_image_atomic
+    from .._io import check_output_file, save_image_atomic
     from ..diffusion import generate_images
     from ..viz import image_grid
 
+    check_output_file(args.out, overwrite=args.overwrite)
+    if args.n < 1:
+        from ..errors import InvalidConfigError
+
+        raise InvalidConfigError(f"-n must be at least 1 but is {args.n}.")
     pipe = world.load_pipeline(args.device or "cpu", weights_dir=args.weights)
     if args.prompt:
         prompts = list(args.prompt)

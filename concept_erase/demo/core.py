@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +41,12 @@ MAX_UPLOADS = 4  # per browser session: uploaded adapters live in the session's 
 # ---------------------------------------------------------------- adapters
 @dataclass
 class AdapterEntry:
-    """An adapter the demo can activate. ``key`` doubles as the PEFT adapter name; no path is kept."""
+    """An adapter the demo can activate. ``key`` is its adapter name in the pipeline; no path is kept."""
 
     key: str
     label: str
     adapter: UnlearningAdapter
     source: str  # "shipped", "registered" or "uploaded"
-
-
-def _safe_key(text: str) -> str:
-    # PEFT keeps adapters in ModuleDicts, whose keys may not contain "."
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text)[:64] or "adapter"
 
 
 def _meta(adapter: UnlearningAdapter, key: str, kind: type, default=None):
@@ -83,7 +77,7 @@ def discover_adapters(pipe, adapters_dir: str | os.PathLike | None = None) -> di
             logger.info("demo: skipping adapter %s: %s", stem, e)
             continue
         source = "shipped" if path.parent.resolve() == SHIPPED_ADAPTERS_DIR.resolve() else "registered"
-        key = _safe_key(stem)
+        key = stem
         found[key] = AdapterEntry(key, stem if source == "shipped" else f"{stem} (registered)", adapter, source)
     return found
 

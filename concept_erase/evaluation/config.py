@@ -50,7 +50,8 @@ class EvalConfig(Config):
     width: int | None = setting(None, "image width (a multiple of 8)", group=_GEN)
     negative_prompt: str | None = setting(None, "negative prompt", group=_GEN)
     # delete images made with other settings instead of refusing
-    overwrite: bool = setting(False, "regenerate images made with other settings", group=_GEN)
+    overwrite: bool = setting(False, "regenerate images made with other settings; write into an --out that holds "
+                              "other files", group=_GEN)
     device: str | None = setting(None, "cpu, cuda, cuda:1 (default: accelerate's device for this process)",
                                  group=_GEN)
     # Classifier.

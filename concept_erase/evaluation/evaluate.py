@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, check_output_dir
 from ..concepts import Concept
+from ..diffusion import check_prompts
 from ..errors import InvalidConfigError, InvalidPromptError
 from ..images import image_files, load_images
 from ..loading import is_world, load_base
@@ -35,7 +36,9 @@ from .distributed import Dist
 from .fid import (
     FeatureStats, WorldFeatures, feature_dim, feature_extractor, features_of, module_device, torch_fidelity_metrics,
 )
-from .generate import ImageJob, check_manifest, generate_missing, model_dir, plan_jobs, row_digests
+from .generate import (
+    ImageJob, check_manifest, find_missing, generate_missing, model_dir, plan_jobs, row_digests, settings_digest,
+)
 from .models import EvalModel, resolve_models, use_model
 from .prompts import PromptRow, concept_prompts, load_prompts, world_paraphrases
 from .report import library_versions, write_grids, write_report
@@ -45,6 +48,8 @@ from .scoring import ImageRecord, score_batch, summarize
 
 __all__ = ["evaluate"]
 logger = logging.getLogger(__name__)
+
+EVAL_MARKERS = ("report.json", "images")  # an earlier evaluation in --out: resume it
 
 
 def _rows(config: EvalConfig, models: list[EvalModel]):
@@ -126,10 +131,10 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
     """
     start = time.perf_counter()
     dist = Dist()
-    out = Path(config.out)
     device = config.device or (str(pipe._execution_device) if pipe is not None else str(dist.device))
 
     # --- everything that can fail is checked before the first image is generated ---
+    out = check_output_dir(config.out, overwrite=config.overwrite, owned=EVAL_MARKERS, what="an evaluation")
     models = resolve_models(config.adapters)
     rows, preset_target = _rows(config, models)
     target = _target(config, preset_target, models)
@@ -169,26 +174,32 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
         pipe = load_base(config.base, device)
     pipe.set_progress_bar_config(disable=True)
     call_kwargs = _call_kwargs(config)
+    check_prompts(pipe, list(dict.fromkeys(r.prompt for r in rows)), what="evaluation prompts")
 
     # --- 1. generation ---
     t_gen = time.perf_counter()
     common = {"base": config.base, "sampling": call_kwargs, "prompts": row_digests(rows)}
     jobs_by_model: dict[str, list[ImageJob]] = {}
     made: dict[str, int] = {}
+    regenerated: dict[str, int] = {}
     for m in models:
         directory = model_dir(out, m.name)
-        jobs = jobs_by_model[m.name] = plan_jobs(rows, directory, images_per_prompt=config.images_per_prompt,
-                                                 seed=config.seed)
         manifest = {**common, "adapter": m.describe(), "adapter_scale": config.adapter_scale if m.adapter else None}
+        jobs = jobs_by_model[m.name] = plan_jobs(rows, directory, images_per_prompt=config.images_per_prompt,
+                                                 seed=config.seed, settings=settings_digest(manifest))
         check_manifest(directory, manifest, overwrite=config.overwrite, write=dist.is_main)
         dist.wait()
         # one view of what is left, shared by every process, so their shares neither overlap nor leave gaps
-        missing = dist.broadcast([j for j in jobs if not j.path.is_file()] if dist.is_main else None)
+        missing, broken = dist.broadcast(find_missing(jobs) if dist.is_main else None)
+        regenerated[m.name] = broken
+        if broken and dist.is_main:
+            logger.warning("%d image(s) under %s did not decode or were made with other settings; generating them "
+                           "again", broken, directory)
         made[m.name] = 0
         if missing:
             with use_model(pipe, m, scale=config.adapter_scale):
                 made[m.name] = generate_missing(pipe, missing, batch_size=config.batch_size, call_kwargs=call_kwargs,
-                                                progress=progress, desc=f"generate {m.name}", dist=dist)
+                                                progress=progress, desc=f"generate {m.name}", dist=dist, check=False)
         dist.wait()
     made = {k: sum(dist.gather([v])) for k, v in made.items()}
     t_score = time.perf_counter()
@@ -276,7 +287,7 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
         "robustness": robustness,
         "timing": {"generation_s": t_score - t_gen, "scoring_s": t_rob - t_score,
                    "robustness_s": time.perf_counter() - t_rob, "total_s": time.perf_counter() - start,
-                   "images_generated": made, "images_total": sum(len(j) for j in jobs_by_model.values())},
+                   "images_generated": made, "images_regenerated": regenerated, "images_total": sum(len(j) for j in jobs_by_model.values())},
     }
     if dist.is_main:
         for m in models:

@@ -1,10 +1,13 @@
 """Resumable, batched, seeded generation of evaluation images to PNG files.
 
 Layout: ``OUT/images/<model>/<split>/<row:05d>_s<seed>.png``, one file per (prompt row, seed); the
-base model and every adapter get the same rows and seeds. Each PNG is written atomically, so a file
-that exists is complete: an interrupted run restarts where it stopped and never generates a finished
-image again. ``OUT/images/<model>/generation.json`` records what made the images (base, adapter
-hash, sampler settings, prompts); a rerun with other settings refuses to mix old and new images.
+base model and every adapter get the same rows and seeds. Each PNG is written atomically and
+carries a text chunk (``concept-erase``) naming the settings, prompt and seed that made it, so an
+interrupted run restarts where it stopped and never generates a finished image again, while a file
+that does not decode (0 bytes, truncated, not a PNG) or was made with other settings is generated
+again (:func:`find_missing` counts them) — never fatal. ``OUT/images/<model>/generation.json``
+records what made the images (base, adapter hash, sampler settings, prompts); a rerun with other
+settings refuses to mix old and new images.
 
 Under ``accelerate launch`` the missing images are split between processes.
 """
@@ -15,11 +18,11 @@ import hashlib
 import json
 import logging
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from .._io import atomic_write_json, save_image_atomic
@@ -29,7 +32,8 @@ from ..images import to_pil
 from .distributed import Dist
 from .prompts import PromptRow
 
-__all__ = ["ImageJob", "plan_jobs", "generate_missing", "model_dir", "check_manifest", "row_digests", "file_sha256", "safe_name"]
+__all__ = ["ImageJob", "plan_jobs", "generate_missing", "find_missing", "image_ok", "model_dir", "check_manifest",
+           "row_digests", "file_sha256", "safe_name", "settings_digest", "TAG_KEY"]
 logger = logging.getLogger(__name__)
 
 
@@ -43,6 +47,7 @@ class ImageJob:
     seed: int
     split: str
     path: Path | None  # None: an image held in memory, never written
+    tag: str = ""  # settings + prompt + seed, written into the PNG and checked on resume
 
 
 def safe_name(name: str) -> str:
@@ -54,18 +59,57 @@ def model_dir(out: str | Path, model: str) -> Path:
     return Path(out) / "images" / safe_name(model)
 
 
-def plan_jobs(rows: Sequence[PromptRow], directory: str | Path, *, images_per_prompt: int, seed: int = 0) -> list[ImageJob]:
-    """Every image of ``rows``: image ``k`` of a row uses seed ``(row.seed or seed) + k``."""
+def plan_jobs(rows: Sequence[PromptRow], directory: str | Path, *, images_per_prompt: int, seed: int = 0,
+              settings: str = "") -> list[ImageJob]:
+    """Every image of ``rows``: image ``k`` of a row uses seed ``(row.seed or seed) + k``.
+
+    ``settings`` (:func:`settings_digest` of what makes the images) goes into each job's tag."""
     if images_per_prompt < 1:
         raise InvalidConfigError(f"`images_per_prompt` must be at least 1 but is {images_per_prompt!r}.")
     directory = Path(directory)
     jobs = []
-    for i, row in enumerate(rows):
+    for i, (row, digest) in enumerate(zip(rows, row_digests(rows))):
         first = row.seed if row.seed is not None else seed
         for k in range(images_per_prompt):
             s = first + k
-            jobs.append(ImageJob(i, k, row.prompt, s, row.split, directory / row.split / f"{i:05d}_s{s}.png"))
+            jobs.append(ImageJob(i, k, row.prompt, s, row.split, directory / row.split / f"{i:05d}_s{s}.png",
+                                 f"{settings}:{digest}:{s}"))
     return jobs
+
+
+TAG_KEY = "concept-erase"
+_IMAGE_FILE = re.compile(r"^\d{5}_s\d+\.png$")
+
+
+def settings_digest(manifest: dict) -> str:
+    """A short digest of everything but the prompt list in a generation manifest."""
+    rest = {k: v for k, v in manifest.items() if k != "prompts"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def image_ok(job: ImageJob) -> bool:
+    """Whether ``job``'s file is a complete image made for this job (it decodes, and its tag matches)."""
+    try:
+        with Image.open(job.path) as im:
+            if job.tag and im.info.get(TAG_KEY) != job.tag:
+                return False
+            im.load()  # decodes every pixel: a truncated file fails here
+        return True
+    except FileNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - PIL signals damage with OSError, ValueError, SyntaxError, EOFError, ...
+        return False
+
+
+def find_missing(jobs: Sequence[ImageJob]) -> tuple[list[ImageJob], int]:
+    """The jobs whose image must be generated, and how many of them have a file that is unusable
+    (does not decode, or was made with other settings): those are generated again."""
+    missing, broken = [], 0
+    for job in jobs:
+        if not image_ok(job):
+            missing.append(job)
+            broken += job.path.exists()
+    return missing, broken
 
 
 def file_sha256(path: str | Path) -> str:
@@ -109,14 +153,29 @@ def check_manifest(directory: str | Path, manifest: dict, *, overwrite: bool = F
             )
         if write:
             logger.warning("settings changed: deleting the images in %s", directory)
-            shutil.rmtree(directory)
+            _delete_images(directory)
     if write:
         atomic_write_json(path, manifest)
 
 
+def _delete_images(directory: Path) -> None:
+    """Delete the images and manifest this module wrote under ``directory``; anything else stays."""
+    for split in [p for p in directory.iterdir() if p.is_dir()]:
+        for f in split.iterdir():
+            if _IMAGE_FILE.match(f.name) and f.is_file():
+                f.unlink()
+        if not any(split.iterdir()):
+            split.rmdir()
+    (directory / "generation.json").unlink(missing_ok=True)
+
+
 def generate_missing(pipe, jobs: Sequence[ImageJob], *, batch_size: int = 16, call_kwargs: dict | None = None,
-                     progress: bool = True, desc: str = "generate", dist: Dist | None = None) -> int:
-    """Generate the images of ``jobs`` whose files do not exist yet; returns how many this process made.
+                     progress: bool = True, desc: str = "generate", dist: Dist | None = None,
+                     check: bool = True) -> int:
+    """Generate the images of ``jobs`` that are not done yet; returns how many this process made.
+
+    With ``check`` every existing file is verified (:func:`image_ok`); ``check=False`` generates
+    every job (the caller already ran :func:`find_missing`).
 
     Several processes must pass the same ``jobs`` (each takes its share): ``evaluate`` gives every
     process the main process's list of missing images.
@@ -126,7 +185,7 @@ def generate_missing(pipe, jobs: Sequence[ImageJob], *, batch_size: int = 16, ca
     """
     dist = dist or Dist()
     share = dist.shard(jobs)
-    mine = [j for j in share if not j.path.is_file()]
+    mine = find_missing(share)[0] if check else list(share)
     bar = tqdm(total=len(mine), desc=desc, unit="img", disable=not progress or not dist.is_main)
     if len(share) > len(mine):
         bar.set_postfix_str(f"{len(share) - len(mine)} already done")
@@ -137,7 +196,9 @@ def generate_missing(pipe, jobs: Sequence[ImageJob], *, batch_size: int = 16, ca
             images = generate_images(pipe, [j.prompt for j in batch], [j.seed for j in batch], batch_size=len(batch),
                               **(call_kwargs or {}))
             for job, image in zip(batch, images):
-                save_image_atomic(to_pil(image), job.path)
+                info = PngImagePlugin.PngInfo()
+                info.add_text(TAG_KEY, job.tag)
+                save_image_atomic(to_pil(image), job.path, pnginfo=info)
             made += len(batch)
             bar.update(len(batch))
     finally:

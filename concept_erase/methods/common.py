@@ -13,7 +13,7 @@ from torch import nn
 
 from ..adapter import UnlearningAdapter, unet_fingerprint
 from ..concepts import Concept
-from ..errors import InvalidConfigError
+from ..errors import InvalidConfigError, TrainingDivergedError
 from ..version import library_versions
 from ..world import WEIGHTS_DIR
 
@@ -89,5 +89,14 @@ def adapter_metadata(pipe, *, method: str, concept: Concept, config, ranks: dict
 
 
 def make_adapter(tensors: dict[str, torch.Tensor], pipe, **metadata) -> UnlearningAdapter:
-    """An :class:`UnlearningAdapter` of ``tensors`` with :func:`adapter_metadata` (same arguments)."""
+    """An :class:`UnlearningAdapter` of ``tensors`` with :func:`adapter_metadata` (same arguments).
+
+    Factors holding NaN/inf (training blew up without a NaN loss, e.g. a huge learning rate) raise
+    :class:`~concept_erase.errors.TrainingDivergedError` here: nothing is returned or written."""
+    bad = sorted({k.rsplit(".lora_", 1)[0] for k, t in tensors.items() if not torch.isfinite(t).all()})
+    if bad:
+        method = metadata.get("method", "the method")
+        raise TrainingDivergedError(
+            f"Training diverged: {method} produced NaN/inf weights in {len(bad)} layer(s) (e.g. {bad[0]!r}); nothing "
+            "was written. Lower the learning rate (or the number of steps) and run again.")
     return UnlearningAdapter(tensors, adapter_metadata(pipe, **metadata))

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .._io import atomic_path, atomic_write_json
+from .._io import atomic_path, atomic_write_json, check_output_dir, replace_dir, temp_dir_beside
 from ..errors import InvalidConfigError, TrainingDivergedError
 from .captions import caption
 from .models import WorldArchitecture, WorldClassifier, build_schedulers, build_text_encoder, build_unet, build_vae
@@ -176,14 +176,22 @@ def refine_decoder(vae, images: torch.Tensor, *, steps: int, batch: int, lr: flo
     return loss.item()
 
 
-def train_world(out_dir: str | Path, config: WorldTrainConfig | None = None, *, progress: bool = True) -> Path:
-    """Train every component and write them to ``out_dir`` (replaced atomically at the end)."""
+WORLD_MARKERS = ("pipeline/model_index.json", "training_log.json")  # what `train_world` writes
+
+
+def train_world(out_dir: str | Path, config: WorldTrainConfig | None = None, *, progress: bool = True,
+                overwrite: bool = False) -> Path:
+    """Train every component and write them to ``out_dir``.
+
+    ``out_dir`` is checked before training: it must be absent, empty, or (with ``overwrite``) a
+    world model made by this function; a directory holding anything else is never replaced. The
+    model is built in a hidden directory beside it and swapped in at the end; an existing model is
+    deleted only once the new one is in place."""
     from diffusers import StableDiffusionPipeline
     from diffusers.training_utils import EMAModel
-    from safetensors.torch import save_file
 
     config = config or WorldTrainConfig()
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir, overwrite=overwrite, owned=WORLD_MARKERS, replace=True, what="a world model")
     arch = config.arch
     times: dict[str, float] = {}
     log: dict[str, float] = {}
@@ -284,9 +292,20 @@ def train_world(out_dir: str | Path, config: WorldTrainConfig | None = None, *, 
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sample_sched,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out_dir = check_output_dir(out_dir, overwrite=overwrite, owned=WORLD_MARKERS, replace=True, what="a world model")
+    tmp = temp_dir_beside(out_dir)
+    try:
+        _save_world(tmp, pipe, unet, vae, classifier, config, times, log)
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only if the swap did not happen
+    logger.info("world model written to %s (%s)", out_dir, ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    return out_dir
+
+
+def _save_world(tmp: Path, pipe, unet, vae, classifier, config, times, log) -> None:
+    from safetensors.torch import save_file
+
     # UNet and VAE in fp16 keep the package small; diffusers upcasts them to fp32 on load. The text
     # encoder stays fp32 (it is tiny) because transformers would otherwise load it as fp16.
     unet.half()
@@ -296,8 +315,3 @@ def train_world(out_dir: str | Path, config: WorldTrainConfig | None = None, *, 
         save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in classifier.state_dict().items()}, str(p),
                   metadata={"format": "pt", "concept_erase": json.dumps({"feature_dim": classifier.feature_dim})})
     atomic_write_json(tmp / "training_log.json", {"config": asdict(config), "seconds": times, "final": log})
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    logger.info("world model written to %s (%s)", out_dir, ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
-    return out_dir
