@@ -2,8 +2,13 @@
 
 Same as ``concept-erase demo``; the app itself lives in ``concept_erase/demo/`` (``core.py``: pairs, adapters, verdicts;
 ``ui.py``: the Gradio Blocks).
-Environment: ``CONCEPT_ERASE_BASE`` (default ``world``), ``GRADIO_SERVER_NAME`` (default 127.0.0.1;
-a Space sets 0.0.0.0), ``GRADIO_SERVER_PORT``.
+Environment: ``CONCEPT_ERASE_BASE`` (default ``world``), ``GRADIO_SERVER_NAME`` (default 127.0.0.1),
+``GRADIO_SERVER_PORT``.
+
+Binding all interfaces (``GRADIO_SERVER_NAME=0.0.0.0``) is for Hugging Face Spaces only, where the
+platform sets it and sits in front of the app: anywhere else it exposes the demo to every machine
+that can reach this one. Uploads are bounded per file, per session and for all sessions together
+(``concept-erase demo --help``, "uploads"), and dropped when a session closes or goes idle.
 """
 
 import os

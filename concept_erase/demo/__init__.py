@@ -2,13 +2,14 @@
 Gradio app (:mod:`.ui`; Gradio itself is imported only when the app is built)."""
 
 from .core import (
-    MAX_SEEDS, MAX_UPLOAD_MB, MAX_UPLOADS, AdapterEntry, Pair, activate_adapters_, classify, describe_adapters,
-    discover_adapters, example_prompts, generate_pair, generate_pairs, validate_upload,
+    MAX_SEEDS, MAX_UPLOAD_MB, MAX_UPLOADS, AdapterEntry, Pair, UploadLimits, UploadRefused, UploadStore,
+    activate_adapters_, classify, describe_adapters, discover_adapters, example_prompts, generate_pair, generate_pairs,
+    validate_upload,
 )
 from .ui import WORLD_EXAMPLES, build_demo, launch
 
 __all__ = [
     "AdapterEntry", "Pair", "discover_adapters", "validate_upload", "generate_pairs", "generate_pair",
     "describe_adapters", "example_prompts", "classify", "activate_adapters_", "build_demo", "launch",
-    "MAX_UPLOAD_MB", "MAX_SEEDS", "MAX_UPLOADS", "WORLD_EXAMPLES",
+    "UploadLimits", "UploadStore", "UploadRefused", "MAX_UPLOAD_MB", "MAX_SEEDS", "MAX_UPLOADS", "WORLD_EXAMPLES",
 ]

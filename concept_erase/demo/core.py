@@ -9,10 +9,13 @@ gives each image the verdict of a concept classifier (the evaluation's
 
 from __future__ import annotations
 
-import hashlib
+import ctypes
+import ctypes.util
 import logging
 import math
 import os
+import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +27,19 @@ from ..adapter import UnlearningAdapter
 from ..diffusion import generate_images
 from ..errors import AdapterFormatError, ConceptEraseError, InvalidConfigError, InvalidPromptError
 from ..evaluation.classifiers import concept_classifier
+from ..evaluation.generate import file_sha256
 from ..evaluation.prompts import target_name
 from ..images import to_pil
 from ..loading import SHIPPED_ADAPTERS_DIR, known_adapters
 
 __all__ = ["AdapterEntry", "Pair", "discover_adapters", "validate_upload", "generate_pairs", "generate_pair",
-           "describe_adapters", "example_prompts", "classify", "activate_adapters_", "MAX_UPLOAD_MB", "MAX_SEEDS",
-           "MAX_UPLOADS"]
+           "describe_adapters", "example_prompts", "classify", "activate_adapters_", "UploadLimits", "UploadStore",
+           "UploadRefused", "MAX_UPLOAD_MB", "MAX_SEEDS", "MAX_UPLOADS"]
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_MB = 100  # a SEMU adapter for SD 1.x is a few MB; a large kohya LoRA is ~150 MB and is refused
 MAX_SEEDS = 8  # images per click on 2 CPU cores stay within seconds on the world model
-MAX_UPLOADS = 4  # per browser session: uploaded adapters live in the session's memory
+MAX_UPLOADS = 4  # per browser session
 
 
 # ---------------------------------------------------------------- adapters
@@ -87,8 +91,10 @@ def _size(n: int) -> str:
 
 
 def validate_upload(pipe, path: str | os.PathLike, *, filename: str | None = None,
-                    max_bytes: int = MAX_UPLOAD_MB << 20) -> AdapterEntry:
-    """Check an uploaded file: ``.safetensors`` name, size, safetensors content, fits ``pipe.unet``.
+                    max_bytes: int = MAX_UPLOAD_MB << 20, max_rank: int | None = None) -> AdapterEntry:
+    """Check an uploaded file: ``.safetensors`` name, size, safetensors content, fits ``pipe.unet``,
+    ranks at most ``min(out, in)`` of each layer and at most ``max_rank`` (a generation costs in
+    proportion to the rank).
 
     Error messages name the file by ``filename`` (what the user uploaded), never by its server path."""
     path = Path(path)
@@ -104,9 +110,196 @@ def validate_upload(pipe, path: str | os.PathLike, *, filename: str | None = Non
         adapter.check_compatible(pipe.unet)
     except ConceptEraseError as e:
         raise type(e)(str(e).replace(str(path), name)) from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+    top = max(adapter.ranks.values())
+    if max_rank is not None and top > max_rank:
+        raise AdapterFormatError(f"{name!r} has layers of rank up to {top}; this demo accepts ranks up to {max_rank}.")
+    digest = file_sha256(path)[:10]
     stem = name[: -len(".safetensors")]
     return AdapterEntry(f"upload-{digest}", f"{_concept_name(adapter, stem)} (uploaded: {name})", adapter, "uploaded")
+
+
+# ---------------------------------------------------------------- the server's uploads, bounded
+class UploadRefused(ConceptEraseError, MemoryError):
+    """An upload would exceed the demo's per-session or server-wide budget."""
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """What uploads may cost a demo server: per file, per session, and for every session together.
+
+    Uploaded adapters live in the server's memory until their session ends: the browser tab closes,
+    or the session is idle for ``session_ttl`` seconds. The defaults bound a public server's memory
+    for uploads to ``max_total_mb`` plus one upload being checked."""
+
+    max_file_mb: float = MAX_UPLOAD_MB
+    max_per_session: int = MAX_UPLOADS
+    max_total_mb: float = 400.0
+    max_total: int = 16
+    max_rank: int | None = 1024  # SEMU at γ = 1 on SD 1.x cross-attention: up to 768
+    session_ttl: float = 1800.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_file_mb", "max_total_mb", "session_ttl"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise InvalidConfigError(f"`{name}` must be a finite positive number, but is {value!r}.")
+        for name in ("max_per_session", "max_total") + (("max_rank",) if self.max_rank is not None else ()):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise InvalidConfigError(f"`{name}` must be a positive integer, but is {value!r}.")
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 2**20)
+
+    @property
+    def max_total_bytes(self) -> int:
+        return int(self.max_total_mb * 2**20)
+
+
+def _nbytes(adapter: UnlearningAdapter) -> int:
+    return sum(t.numel() * t.element_size() for t in adapter.tensors.values())
+
+
+def _trim_memory() -> None:
+    """Give freed heap pages back to the operating system (glibc keeps them otherwise); best effort."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
+
+
+class UploadStore:
+    """Uploaded adapters of every session of one server, within :class:`UploadLimits`.
+
+    Sessions are named by an id (Gradio's ``session_hash``); the same file uploaded by two sessions
+    is held once. :meth:`release` (a session ended) and :meth:`expire` (idle sessions, run by a
+    background thread every few seconds) drop a session's uploads; an upload no session holds is
+    freed, and ``on_free(key)`` is called for it (the demo unloads it from the pipeline)."""
+
+    def __init__(self, limits: UploadLimits | None = None, *, on_free=None, sweep_every: float | None = None,
+                 clock=time.monotonic):
+        self.limits = limits or UploadLimits()
+        self._on_free = on_free
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._entries: dict[str, tuple[AdapterEntry, int]] = {}  # key -> (entry, bytes)
+        self._sessions: dict[str, tuple[list[str], float]] = {}  # session -> (keys, last activity)
+        self._stop = threading.Event()
+        if sweep_every is None:
+            sweep_every = max(1.0, min(30.0, self.limits.session_ttl / 4))
+        if sweep_every > 0:
+            threading.Thread(target=self._sweep, args=(sweep_every,), name="concept-erase-uploads",
+                             daemon=True).start()
+
+    # ----- usage
+    @property
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(n for _, n in self._entries.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def keys(self, session: str) -> list[str]:
+        with self._lock:
+            return list(self._sessions.get(session, ([], 0.0))[0])
+
+    def get(self, key: str) -> AdapterEntry | None:
+        with self._lock:
+            item = self._entries.get(key)
+            return item[0] if item else None
+
+    # ----- changes
+    def check_room(self, session: str) -> None:
+        """Raise :class:`UploadRefused` if ``session`` may not upload another adapter (cheap, before validation)."""
+        self.expire()  # outside the lock: freeing calls `on_free`, which may wait for the pipeline
+        with self._lock:
+            self._check_room(session)
+
+    def _check_room(self, session: str, key: str | None = None) -> None:
+        with self._lock:
+            held = self._sessions.get(session, ([], 0.0))[0]
+            if key in held:
+                return  # already held by this session: costs nothing
+            if len(held) >= self.limits.max_per_session:
+                raise UploadRefused(f"This session already holds {self.limits.max_per_session} uploaded adapters; "
+                                    "reload the page to start a new session.")
+            if key not in self._entries and len(self._entries) >= self.limits.max_total:
+                raise UploadRefused(f"The server already holds {len(self._entries)} uploaded adapters from all "
+                                    f"sessions, its limit; try again in a while (uploads are dropped "
+                                    f"{self.limits.session_ttl / 60:g} min after their session goes idle).")
+
+    def add(self, session: str, entry: AdapterEntry) -> AdapterEntry:
+        """Hold ``entry`` for ``session``, or raise :class:`UploadRefused` (nothing is kept then)."""
+        size = _nbytes(entry.adapter)
+        self.expire()
+        with self._lock:
+            self._check_room(session, entry.key)
+            held, _ = self._sessions.get(session, ([], 0.0))
+            if entry.key in self._entries:  # the same file again: held once, shared
+                entry = self._entries[entry.key][0]
+            else:
+                used = self.total_bytes
+                if used + size > self.limits.max_total_bytes:
+                    raise UploadRefused(
+                        f"The server's memory for uploaded adapters is in use ({_size(used)} of "
+                        f"{_size(self.limits.max_total_bytes)}, {len(self._entries)} adapters from all sessions); "
+                        f"this one needs {_size(size)}. Try again in a while, or use a smaller adapter.")
+                self._entries[entry.key] = (entry, size)
+            if entry.key not in held:
+                held = held + [entry.key]
+            self._sessions[session] = (held, self._clock())
+        return entry
+
+    def touch(self, session: str) -> None:
+        """Mark ``session`` active (its uploads' time to live starts again)."""
+        with self._lock:
+            if session in self._sessions:
+                self._sessions[session] = (self._sessions[session][0], self._clock())
+
+    def release(self, session: str) -> list[str]:
+        """Drop ``session``'s uploads; returns the keys freed (held by no other session)."""
+        with self._lock:
+            held, _ = self._sessions.pop(session, ([], 0.0))
+            still = {k for keys, _ in self._sessions.values() for k in keys}
+            freed = [k for k in held if k not in still and k in self._entries]
+            for k in freed:
+                del self._entries[k]
+        for k in freed:
+            if self._on_free is not None:
+                try:
+                    self._on_free(k)
+                except Exception:  # noqa: BLE001 - a failed unload must not keep the memory
+                    logger.exception("demo: could not unload freed upload %s", k)
+        if freed:
+            _trim_memory()
+            logger.info("demo: session ended, %d uploaded adapter(s) freed", len(freed))
+        return freed
+
+    def expire(self) -> list[str]:
+        """Release every session idle for longer than the time to live; returns the keys freed."""
+        now = self._clock()
+        with self._lock:
+            idle = [s for s, (_, t) in self._sessions.items() if now - t > self.limits.session_ttl]
+        return [k for s in idle for k in self.release(s)]
+
+    def close(self) -> None:
+        """Stop the background sweep and free everything."""
+        self._stop.set()
+        for s in list(self._sessions):
+            self.release(s)
+
+    def _sweep(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self.expire()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive one bad release
+                logger.exception("demo: expiring uploads failed")
 
 
 def describe_adapters(entries: Sequence[AdapterEntry]) -> str:

@@ -9,6 +9,7 @@ app and :func:`launch` serves it safely (loopback by default, upload size enforc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -21,7 +22,7 @@ from PIL import Image
 from ..errors import ConceptEraseError
 from ..world import SAMPLING
 from .core import (
-    MAX_SEEDS, MAX_UPLOAD_MB, MAX_UPLOADS, AdapterEntry, Pair, describe_adapters, discover_adapters, example_prompts,
+    MAX_SEEDS, AdapterEntry, Pair, UploadLimits, UploadStore, describe_adapters, discover_adapters, example_prompts,
     generate_pairs, validate_upload,
 )
 
@@ -45,8 +46,9 @@ _CSS = "#pair img, #gallery img {image-rendering: pixelated;} .verdict {min-heig
 
 
 def build_demo(pipe, classifier=None, adapters_dir: str | os.PathLike | None = None, *,
-               sampling: Mapping | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
-               examples: Sequence[Sequence[str]] | None = None, title: str = "concept-erase: side by side"):
+               sampling: Mapping | None = None, max_upload_mb: float | None = None,
+               limits: UploadLimits | None = None, examples: Sequence[Sequence[str]] | None = None,
+               title: str = "concept-erase: side by side"):
     """The Gradio Blocks app over ``pipe``. Launch it with :func:`launch` (binds 127.0.0.1).
 
     ``classifier``: a concept classifier (the world's, NudeNet, ...; see :func:`.core.classify`), a callable
@@ -54,24 +56,43 @@ def build_demo(pipe, classifier=None, adapters_dir: str | os.PathLike | None = N
     this directory instead of the shipped and registered ones. ``sampling``: default
     ``num_inference_steps`` and ``guidance_scale`` (the world model's by default). ``examples``:
     ``[prompt, what it shows]`` rows offered when no adapter metadata suggests better ones.
+    ``limits``: what uploads may cost (:class:`~.core.UploadLimits`: per file, per session, for
+    all sessions together, largest rank, idle time before a session's uploads are dropped);
+    ``max_upload_mb`` overrides its per-file size. The store of uploads is ``demo.upload_store``.
     """
     import gradio as gr
 
     sampling = dict(sampling or SAMPLING)
     examples = WORLD_EXAMPLES if examples is None else [list(r) for r in examples]
+    limits = limits or UploadLimits()
+    if max_upload_mb is not None:
+        limits = dataclasses.replace(limits, max_file_mb=max_upload_mb)
     catalog = discover_adapters(pipe, adapters_dir)
     lock = threading.Lock()  # one pipeline, shared by every session: adapters are swapped in and out under it
-    max_bytes = int(max_upload_mb * 2**20)
+    max_bytes = limits.max_file_bytes
     default = ["no-red"] if "no-red" in catalog else list(catalog)[:1]
 
-    def choices(uploads: dict) -> list[tuple[str, str]]:
-        return [(e.label, k) for k, e in catalog.items()] + [(e.label, k) for k, e in uploads.items()]
+    def unload(key: str) -> None:  # an upload no session holds any more leaves the pipeline too
+        with lock:
+            if key in pipe.unlearning_adapters:
+                pipe.unload_unlearning_adapter(key)
 
-    def selected(keys, uploads: dict) -> list[AdapterEntry]:
+    store = UploadStore(limits, on_free=unload)
+
+    def mine(uploads) -> list[AdapterEntry]:
+        return [e for e in (store.get(k) for k in (uploads or [])) if e is not None]
+
+    def choices(uploads) -> list[tuple[str, str]]:
+        return [(e.label, k) for k, e in catalog.items()] + [(e.label, e.key) for e in mine(uploads)]
+
+    def selected(keys, uploads) -> list[AdapterEntry]:
         entries = []
         for k in keys or []:
-            entry = catalog.get(k) or uploads.get(k)
+            entry = catalog.get(k) or (store.get(k) if k in (uploads or []) else None)
             if entry is None:
+                if k in (uploads or []):
+                    raise gr.Error(f"Your uploaded adapter {k!r} was dropped: uploads are kept "
+                                   f"{limits.session_ttl / 60:g} min after a session's last use. Upload it again.")
                 raise gr.Error(f"Unknown adapter {k!r}; choose one from the list.")
             entries.append(entry)
         return entries
@@ -80,23 +101,23 @@ def build_demo(pipe, classifier=None, adapters_dir: str | os.PathLike | None = N
         entries = selected(keys, uploads)
         return describe_adapters(entries), gr.Dataset(samples=example_prompts(entries, fallback=examples))
 
-    def on_upload(file, keys, uploads):
+    def on_upload(file, keys, uploads, request: gr.Request):
         if not file:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
         filename = Path(file).name  # Gradio keeps the user's file name as the last path part
-        if len(uploads) >= MAX_UPLOADS:
-            return (gr.skip(), gr.skip(), f"⚠ **Upload refused.** This session already holds {MAX_UPLOADS} uploaded "
-                    "adapters; reload the page to start a new session.", gr.skip(), gr.skip(), None)
+        session = request.session_hash or "local"
         try:
+            store.check_room(session)  # before reading the file: a full server costs no parsing
             with lock:  # the UNet may be mid-swap in another session
-                entry = validate_upload(pipe, file, filename=filename, max_bytes=max_bytes)
+                entry = validate_upload(pipe, file, filename=filename, max_bytes=max_bytes, max_rank=limits.max_rank)
+            entry = store.add(session, entry)
         except ConceptEraseError as e:
             logger.info("demo: refused upload %s: %s", filename, e)
             return gr.skip(), gr.skip(), f"⚠ **Upload refused.** {e}", gr.skip(), gr.skip(), None
         except Exception as e:  # anything unexpected must not end the session
             logger.exception("demo: upload %s failed", filename)
             return gr.skip(), gr.skip(), f"⚠ **Upload failed** ({type(e).__name__}).", gr.skip(), gr.skip(), None
-        uploads = {**uploads, entry.key: entry}
+        uploads = store.keys(session)
         keys = [k for k in (keys or []) if k != entry.key] + [entry.key]
         info, dataset = on_select(keys, uploads)
         status = f"✓ Loaded **{entry.label}** ({len(entry.adapter.ranks)} layers); it is now selected."
@@ -112,7 +133,8 @@ def build_demo(pipe, classifier=None, adapters_dir: str | os.PathLike | None = N
             items.append((_for_display(p.unlearned), f"seed {p.seed} · " + ("no adapter" if same else "unlearned")))
         return items
 
-    def on_generate(prompt, negative, keys, scale, seed, n, steps, guidance, uploads):
+    def on_generate(prompt, negative, keys, scale, seed, n, steps, guidance, uploads, request: gr.Request):
+        store.touch(request.session_hash or "local")
         entries = selected(keys, uploads)
         adapters = {e.key: e.adapter for e in entries}
         try:
@@ -135,7 +157,8 @@ def build_demo(pipe, classifier=None, adapters_dir: str | os.PathLike | None = N
 
     # uploaded files are deleted from Gradio's cache after an hour (checked every hour)
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        uploads = gr.State({})
+        # this session's uploads (keys into `store`); Gradio drops the value after the time to live too
+        uploads = gr.State([], time_to_live=limits.session_ttl)
         gr.Markdown(f"# {title}\nThe same prompt and seed through the base model (**original**) and with the "
                     "selected unlearning adapters (**unlearned**). Drag the slider to compare.")
         with gr.Row():
@@ -158,7 +181,7 @@ def build_demo(pipe, classifier=None, adapters_dir: str | os.PathLike | None = N
                                          samples=example_prompts([catalog[k] for k in default], fallback=examples),
                                          label="Example prompts", layout="table", elem_id="examples")
                 with gr.Accordion("Upload an adapter (.safetensors)", open=False, elem_id="upload-accordion"):
-                    upload = gr.File(label=f"Adapter file (safetensors, ≤ {max_upload_mb:g} MB)",
+                    upload = gr.File(label=f"Adapter file (safetensors, ≤ {limits.max_file_mb:g} MB)",
                                      file_types=[".safetensors"], elem_id="upload")
                     upload_status = gr.Markdown(elem_id="upload-status")
             with gr.Column(scale=3, min_width=320):
@@ -180,8 +203,16 @@ def build_demo(pipe, classifier=None, adapters_dir: str | os.PathLike | None = N
         dice.click(lambda: random.randrange(2**32), None, seed, api_name=False)
         upload.upload(on_upload, [upload, adapter_box, uploads],
                       [adapter_box, uploads, upload_status, info, example_set, upload], api_name="upload_adapter")
+        def on_close(request: gr.Request):  # the tab closed: free its uploads now
+            store.release(request.session_hash or "local")
+
+        # `from __future__ import annotations` leaves "gr.Request" a string Gradio cannot resolve here
+        for fn in (on_upload, on_generate, on_close):
+            fn.__annotations__["request"] = gr.Request
+        demo.unload(on_close)
     demo.queue(default_concurrency_limit=1)
     demo.concept_erase_max_upload_bytes = max_bytes  # read by `launch`
+    demo.upload_store = store
     return demo
 
 
@@ -190,7 +221,7 @@ def launch(demo, *, host: str = "127.0.0.1", port: int | None = None, **kwargs):
     server too. Extra keyword arguments go to ``gr.Blocks.launch``."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("demo: listening on %s: anyone who can reach this machine can use the demo.", host)
-    kwargs.setdefault("max_file_size", getattr(demo, "concept_erase_max_upload_bytes", MAX_UPLOAD_MB << 20))
+    kwargs.setdefault("max_file_size", getattr(demo, "concept_erase_max_upload_bytes", UploadLimits().max_file_bytes))
     kwargs.setdefault("css", _CSS)
     return demo.launch(server_name=host, server_port=port, **kwargs)
 
