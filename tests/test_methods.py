@@ -31,7 +31,11 @@ FAST = {
     "gradient-ascent": dict(steps=3, num_forget_images=4, num_retain_images=2, sample_steps=2, batch_size=2,
                             learning_rate=1e-3),
     "task-vector": dict(steps=3, num_forget_images=4, sample_steps=2, batch_size=2, learning_rate=1e-3),
+    "simu": dict(steps=3, num_forget_images=4, num_retain_images=2, sample_steps=2, batch_size=2, attribution_images=4,
+                 learning_rate=1e-2),
 }
+# Not LoRA factors: the codebook method's file and loading are tested in test_codebook.py.
+NOT_LORA = {"codebook"}
 KV = ("attn2.to_k", "attn2.to_v")
 # Which Linear/Conv2d layers each method may touch, and whether it must touch all of them.
 BUDGET = {
@@ -41,6 +45,7 @@ BUDGET = {
     "uce": (lambda n: n.endswith(KV), True),
     "gradient-ascent": (lambda n: True, True),
     "task-vector": (lambda n: True, True),
+    "simu": (lambda n: ".attn1." in n or ".attn2." in n or ".ff.net." in n, False),
 }
 REQUIRED_METADATA = ("method", "concept", "config", "trainable_parameters", "unet_parameters", "trainable_fraction",
                      "base_fingerprint", "seconds", "compression_error")
@@ -51,7 +56,8 @@ def _weight_layers(unet) -> dict[str, torch.nn.Module]:
 
 
 def test_every_method_is_registered_and_tested():
-    assert set(METHODS) == set(FAST) == {"semu", "esd-x", "esd-u", "uce", "gradient-ascent", "task-vector"}
+    assert set(METHODS) == set(FAST) | NOT_LORA == {"semu", "esd-x", "esd-u", "uce", "gradient-ascent", "task-vector",
+                                                    "simu", "codebook"}
 
 
 @pytest.mark.parametrize("method", list(FAST))

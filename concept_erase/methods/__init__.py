@@ -13,7 +13,11 @@ with ``erase(pipe, concept, config, *, progress) -> UnlearningAdapter``. A new m
 - ``task-vector``: every weight, θ − s·(θ_ft − θ) after a fine-tune on forget images
   (:class:`TaskVectorConfig`);
 - ``simu``: SIMU's critical neurons (attribution mask on feed-forward and attention rows), only those
-  rows fine-tuned with Sophia on GradDiff or relabelling (:class:`SimuConfig`).
+  rows fine-tuned with Sophia on GradDiff or relabelling (:class:`SimuConfig`);
+- ``codebook``: CodeUnlearn's codebook bottleneck on the text embeddings, codes of the concept
+  switched off, no training per concept (:class:`CodebookConfig`). Its result is a
+  :class:`~concept_erase.codebook.CodebookEdit` file, not LoRA factors; ``pipe.load_unlearning_adapter``
+  loads both.
 
 Methods that change dense weights are exported as LoRA factors by truncated SVD (``dense.py``);
 their metadata reports the compression error. Every adapter's metadata is built by
@@ -32,6 +36,7 @@ from typing import Callable
 from ..adapter import UnlearningAdapter
 from ..concepts import Concept
 from ..errors import InvalidConfigError
+from .codebook import CodebookConfig, erase_codebook
 from .esd import EsdConfig, erase_esd
 from .gradient_ascent import GradientAscentConfig, erase_gradient_ascent
 from .semu import SemuConfig, erase as erase_semu
@@ -41,7 +46,7 @@ from .uce import UceConfig, erase_uce
 
 __all__ = [
     "METHODS", "Method", "erase_with", "method_config", "get_method", "EsdConfig", "UceConfig",
-    "GradientAscentConfig", "TaskVectorConfig", "SemuConfig", "SimuConfig",
+    "GradientAscentConfig", "TaskVectorConfig", "SemuConfig", "SimuConfig", "CodebookConfig",
 ]
 
 
@@ -78,6 +83,8 @@ METHODS: dict[str, Method] = {
                summary="ascent on forget images, descent on retain images"),
         Method("task-vector", TaskVectorConfig, erase_task_vector, summary="negated fine-tune on forget images"),
         Method("simu", SimuConfig, erase_simu, summary="critical-neuron mask, masked Sophia fine-tuning"),
+        Method("codebook", CodebookConfig, erase_codebook,
+               summary="switch off codebook codes of the text embeddings (zero-shot, not a LoRA)"),
     )
 }
 

@@ -64,7 +64,8 @@ class Sophia(torch.optim.Optimizer):
         """h ← β₂ h + (1 − β₂) ĥ for every parameter, ``estimates`` in parameter order."""
         params = [p for group in self.param_groups for p in group["params"]]
         if len(estimates) != len(params):
-            raise InvalidConfigError(f"Sophia.update_hessian got {len(estimates)} estimates for {len(params)} parameters.")
+            raise InvalidConfigError(f"Sophia.update_hessian got {len(estimates)} estimates for {len(params)} "
+                                     "parameters.")
         i = 0
         for group in self.param_groups:
             beta2 = group["betas"][1]

@@ -39,8 +39,8 @@ def neuron_gates(modules: dict[str, nn.Module], gates: dict[str, torch.Tensor]):
 
     def hook(gate):
         def fn(module, inputs, output):
-            if output.shape[0] != gate.shape[0] or output.shape[-1 if isinstance(module, nn.Linear) else 1] \
-                    != gate.shape[1]:
+            units = output.shape[-1] if isinstance(module, nn.Linear) else output.shape[1]
+            if output.shape[0] != gate.shape[0] or units != gate.shape[1]:
                 raise InvalidConfigError(f"Neuron gates {tuple(gate.shape)} do not fit the output {tuple(output.shape)} "
                                          f"of {type(module).__name__}; SIMU gates nn.Linear and nn.Conv2d outputs.")
             if isinstance(module, nn.Linear):  # (B, ..., out)

@@ -98,7 +98,7 @@ def erase(pipe, concept: Concept | str | dict, config: SimuConfig | None = None,
           progress: bool = True) -> UnlearningAdapter:
     """Erase ``concept`` from ``pipe`` with SIMU and return the adapter (the pipeline is unchanged).
 
-    >>> adapter = erase(pipe, "no-red", SimuConfig(objective="graddiff"))  # doctest: +SKIP
+    >>> adapter = erase(pipe, "no-red", SimuConfig(loss="graddiff"))  # doctest: +SKIP
     """
     concept = resolve_concept(concept)
     config = config or SimuConfig()
@@ -123,7 +123,7 @@ def erase(pipe, concept: Concept | str | dict, config: SimuConfig | None = None,
         t_mask = time.perf_counter()
         masks, kind = unet_critical_masks(
             pipe, modules, forget, retain, steps=config.attribution_steps, threshold=config.threshold,
-            kind=config.mask, images=config.attribution_images, batch_size=config.batch_size,
+            kind=config.mask_kind, images=config.attribution_images, batch_size=config.batch_size,
             max_timestep=config.max_timestep, generator=g, progress=progress)
         if not config.mask_attention:  # the paper's recipe: every attention projection row trains
             masks = {n: torch.ones_like(m) if ".attn" in f".{n}" else m for n, m in masks.items()}
@@ -132,7 +132,7 @@ def erase(pipe, concept: Concept | str | dict, config: SimuConfig | None = None,
         if not masks:
             raise InvalidConfigError(
                 f"SIMU found no critical neuron for {concept.name!r} at threshold {config.threshold} ({kind} mask); "
-                "lower `threshold`, or use mask='forget'.")
+                "lower `threshold`, or use mask_kind='forget'.")
         weights = {n: modules[n].weight for n in masks}
         masks = {n: m.to(weights[n].device) for n, m in masks.items()}
 
@@ -153,7 +153,7 @@ def erase(pipe, concept: Concept | str | dict, config: SimuConfig | None = None,
             eps = functional_eps(unet, masked_weights(weights, masks, deltas))
             b, (x_t, t, noise) = sample(x0_f, config.batch_size)
             pred_f = eps(x_t, t, c_f[f_idx[b]])
-            if config.objective == "graddiff":
+            if config.loss == "graddiff":
                 loss_f = -F.mse_loss(pred_f, noise)  # ascent on the forget data's denoising loss
             else:
                 loss_f = F.mse_loss(pred_f, base_eps(x_t, t, c_a[f_idx[b]]))  # forget prompt -> anchor
@@ -163,7 +163,7 @@ def erase(pipe, concept: Concept | str | dict, config: SimuConfig | None = None,
                 rb, (xr_t, tr, noise_r) = sample(x0_r, config.batch_size)
                 cr = c_r[r_idx[rb]]
                 pred_r = eps(xr_t, tr, cr)
-                target_r = noise_r if config.objective == "graddiff" else base_eps(xr_t, tr, cr)
+                target_r = noise_r if config.loss == "graddiff" else base_eps(xr_t, tr, cr)
                 loss = loss + config.retain_weight * F.mse_loss(pred_r, target_r)
                 preds.append(pred_r)
             check_finite(loss, "loss", step, hint=_HINT)
