@@ -254,6 +254,80 @@ def test_app_upload_good_and_bad_files_and_the_session_keeps_working(served, ada
     assert f"already holds {MAX_UPLOADS} uploaded adapters" in status
 
 
+def test_upload_store_bounds_bytes_count_sessions_and_idle_time(pipe):
+    from concept_erase.demo import AdapterEntry, UploadLimits, UploadRefused, UploadStore
+
+    now = [0.0]
+    freed = []
+    a = make_adapter(pipe.unet, seed=1)
+    size = sum(t.numel() * t.element_size() for t in a.tensors.values())
+    limits = UploadLimits(max_total_mb=2.5 * size / 2**20, max_total=3, max_per_session=2, session_ttl=60)
+    store = UploadStore(limits, on_free=freed.append, sweep_every=0, clock=lambda: now[0])
+
+    def entry(i):
+        return AdapterEntry(f"upload-{i}", f"#{i}", make_adapter(pipe.unet, seed=i), "uploaded")
+
+    store.add("s1", entry(1))
+    store.add("s2", entry(1))  # the same file: held once, shared
+    store.add("s1", entry(2))
+    assert len(store) == 2 and store.total_bytes == 2 * size
+    with pytest.raises(UploadRefused, match="already holds 2 uploaded adapters"):
+        store.add("s1", entry(3))
+    with pytest.raises(UploadRefused, match="memory for uploaded adapters is in use"):
+        store.add("s2", entry(3))  # a third would pass the byte budget (2.5 adapters)
+    assert len(store) == 2 and store.keys("s2") == ["upload-1"]
+    now[0] = 30.0
+    store.touch("s2")
+    now[0] = 61.0
+    assert store.expire() == ["upload-2"]  # s1 idle > 60 s: its own upload goes; upload-1 is still s2's
+    assert freed == ["upload-2"] and store.total_bytes == size
+    assert store.release("s2") == ["upload-1"] and len(store) == 0 and store.total_bytes == 0
+    for bad in (dict(max_total_mb=0), dict(max_total=0), dict(session_ttl=float("inf")), dict(max_rank=1.5)):
+        with pytest.raises(InvalidConfigError):
+            UploadLimits(**bad)
+
+
+def test_app_upload_budget_is_server_wide_and_expires(adapter_dir, tmp_path, pipe):
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from concept_erase.demo import UploadLimits
+    from concept_erase.world.models import WorldClassifier
+
+    app_pipe = build_tiny_pipeline()
+    limits = UploadLimits(max_total=2, max_rank=4, session_ttl=2.0)
+    demo = build_demo(app_pipe, WorldClassifier().eval(), adapter_dir, sampling=FAST, limits=limits)
+    _, url, _ = launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        files = [make_adapter(pipe.unet, seed=20 + i).save(tmp_path / f"u{i}.safetensors") for i in range(3)]
+        wide = make_adapter(pipe.unet, seed=30, rank=5).save(tmp_path / "wide.safetensors")
+        _, status, *_ = Client(url, verbose=False).predict(handle_file(str(wide)), [], api_name="/upload_adapter")
+        assert "accepts ranks up to 4" in status
+        statuses = []
+        for i, path in enumerate(files):  # three sessions, one upload each
+            client = Client(url, verbose=False)
+            _, status, *_ = client.predict(handle_file(str(path)), [], api_name="/upload_adapter")
+            statuses.append(status)
+            if i == 0:
+                key = f"upload-{__import__('hashlib').sha256(path.read_bytes()).hexdigest()[:10]}"
+                client.predict("a red circle", "", [key], 1.0, 0, 1, 3, 4.0, api_name="/generate")
+        assert statuses[0].startswith("✓") and statuses[1].startswith("✓"), statuses
+        assert "server already holds 2 uploaded adapters" in statuses[2] and "2 s after" in statuses[2]
+        store = demo.upload_store
+        assert len(store) == 2 and key in app_pipe.unlearning_adapters  # the last generation left it loaded
+        deadline = time.monotonic() + 15
+        while len(store) and time.monotonic() < deadline:  # idle sessions expire (2 s), swept every second
+            time.sleep(0.2)
+        assert len(store) == 0 and store.total_bytes == 0
+        assert key not in app_pipe.unlearning_adapters  # freed uploads leave the pipeline too
+        _, status, *_ = Client(url, verbose=False).predict(handle_file(str(files[2])), [], api_name="/upload_adapter")
+        assert status.startswith("✓"), status
+    finally:
+        close_when_idle(demo)
+        demo.upload_store.close()
+
+
 def test_app_serves_no_server_files(served, adapter_dir):
     from gradio_client import Client
 

@@ -86,6 +86,10 @@ def discover_adapters(pipe, adapters_dir: str | os.PathLike | None = None) -> di
     return found
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} min"
+
+
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB" if n >= 2**10 else f"{n} bytes"
 
@@ -232,7 +236,7 @@ class UploadStore:
             if key not in self._entries and len(self._entries) >= self.limits.max_total:
                 raise UploadRefused(f"The server already holds {len(self._entries)} uploaded adapters from all "
                                     f"sessions, its limit; try again in a while (uploads are dropped "
-                                    f"{self.limits.session_ttl / 60:g} min after their session goes idle).")
+                                    f"{_duration(self.limits.session_ttl)} after their session goes idle).")
 
     def add(self, session: str, entry: AdapterEntry) -> AdapterEntry:
         """Hold ``entry`` for ``session``, or raise :class:`UploadRefused` (nothing is kept then)."""

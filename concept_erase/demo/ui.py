@@ -22,7 +22,7 @@ from PIL import Image
 from ..errors import ConceptEraseError
 from ..world import SAMPLING
 from .core import (
-    MAX_SEEDS, AdapterEntry, Pair, UploadLimits, UploadStore, describe_adapters, discover_adapters, example_prompts,
+    MAX_SEEDS, AdapterEntry, Pair, UploadLimits, UploadStore, _duration, describe_adapters, discover_adapters, example_prompts,
     generate_pairs, validate_upload,
 )
 
@@ -92,7 +92,7 @@ def build_demo(pipe, classifier=None, adapters_dir: str | os.PathLike | None = N
             if entry is None:
                 if k in (uploads or []):
                     raise gr.Error(f"Your uploaded adapter {k!r} was dropped: uploads are kept "
-                                   f"{limits.session_ttl / 60:g} min after a session's last use. Upload it again.")
+                                   f"{_duration(limits.session_ttl)} after a session's last use. Upload it again.")
                 raise gr.Error(f"Unknown adapter {k!r}; choose one from the list.")
             entries.append(entry)
         return entries
