@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,9 +26,18 @@ from typing import Any, Iterable, Iterator
 from .errors import OutputPathError
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "save_image_atomic", "check_output_file",
-           "check_output_dir", "replace_dir", "temp_dir_beside", "TEMP_SUFFIX"]
+           "check_output_dir", "replace_dir", "temp_dir_beside", "safe_filename", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".tmp"
+
+
+def safe_filename(name: str, default: str = "model") -> str:
+    """``name`` as one safe path component: ASCII letters, digits, ``_ . -``; never hidden, never ``..``.
+
+    >>> safe_filename("no-nudity-sd1.5"), safe_filename("../../etc/passwd"), safe_filename("rouge été")
+    ('no-nudity-sd1.5', 'etc_passwd', 'rouge_t')
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or default
 
 
 def _default_mode() -> int:
@@ -106,7 +116,8 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, flag:
     created or written."""
     path = Path(path).expanduser()
     if str(path).strip() == "" or path.name in ("", ".", ".."):
-        raise OutputPathError(f"{flag} {str(path)!r} is not a file name. Give a file path such as out/name.safetensors.")
+        raise OutputPathError(f"{flag} {str(path)!r} is not a file name. Give a file path such as "
+                              "out/name.safetensors.")
     if path.is_dir():
         raise OutputPathError(f"{flag} {str(path)!r} is a directory; give a file path inside it, such as "
                               f"{str(path / 'name.safetensors')!r}.")

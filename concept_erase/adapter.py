@@ -276,7 +276,8 @@ class UnlearningAdapter:
             m = _KOHYA_KEY.match(key)
             if not m:
                 raise AdapterFormatError(f"{str(path)!r}: unexpected kohya key {key!r} (only UNet layers, "
-                                         "`lora_unet_<layer>.lora_down.weight` / `.lora_up.weight` / `.alpha`, are read).")
+                                         "`lora_unet_<layer>.lora_down.weight` / `.lora_up.weight` / `.alpha`, "
+                                         "are read).")
             if m["which"] == "alpha":
                 continue
             if t.ndim not in (2, 4) or 0 in t.shape:

@@ -24,7 +24,8 @@ from ._io import atomic_path, atomic_write_json, atomic_write_text, check_output
 from .concepts import load_preset
 from .evaluation.fid import WorldFeatures, fid_of_images
 from .evaluation.world import evaluate_sets
-from .methods import METHODS, erase_with
+from .errors import InvalidConfigError
+from .methods import METHODS, erase_with, get_method
 
 __all__ = ["run_bench", "QUICK_OVERRIDES", "CONCEPTS", "METHOD_ORDER"]
 logger = logging.getLogger(__name__)
@@ -122,8 +123,15 @@ def run_bench(out_dir: str | Path = "bench", *, quick: bool = False, methods=MET
     from tqdm.auto import tqdm
 
     out_dir = check_output_dir(out_dir, overwrite=overwrite, owned=("bench.json",), what="a benchmark")
-    out_dir.mkdir(parents=True, exist_ok=True)
     concepts = concepts or (("no-red",) if quick else CONCEPTS)
+    for concept in concepts:  # every input checked before the first (long) run
+        load_preset(concept)
+    for method in methods:
+        get_method(method)
+    if images_per_prompt is not None and (isinstance(images_per_prompt, bool) or not isinstance(images_per_prompt, int)
+                                          or images_per_prompt < 1):
+        raise InvalidConfigError(f"--images-per-prompt must be a positive integer, but is {images_per_prompt!r}.")
+    out_dir.mkdir(parents=True, exist_ok=True)
     ipp = images_per_prompt or (1 if quick else 2)
     rows = []
     jobs = [(m, c) for c in concepts for m in methods]

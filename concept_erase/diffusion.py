@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from .errors import InvalidPromptError, TrainingDivergedError
 
 __all__ = [
-    "encode_prompts", "check_prompts", "generate_images", "generate_latents", "prompt_latents", "data_seeds", "cycle_indices",
+    "encode_prompts", "check_prompts", "generate_images", "generate_latents", "prompt_latents", "data_seeds",
+    "cycle_indices",
     "encode_images", "add_noise", "frozen_unet", "functional_eps", "base_eps_of", "check_finite", "quiet_progress",
 ]
 logger = logging.getLogger(__name__)

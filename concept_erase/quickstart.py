@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import world
-from ._io import atomic_write_json, atomic_write_text, check_output_dir, save_image_atomic
+from ._io import atomic_write_json, atomic_write_text, check_output_dir, safe_filename, save_image_atomic
 from .concepts import load_preset
 from .evaluation.world import evaluate_sets
 from .loading import default_device
@@ -44,7 +44,8 @@ def run_quickstart(out_dir: str | Path = "concept-erase-quickstart", preset: str
 
     ``out_dir`` must be new, empty or an earlier quickstart's (else ``overwrite``); checked first."""
     concept = load_preset(preset)
-    out_dir = check_output_dir(out_dir, overwrite=overwrite, owned=("quickstart.json", f"{concept.name}.safetensors"),
+    adapter_file = f"{safe_filename(concept.name, 'adapter')}.safetensors"  # a preset file may name it anything
+    out_dir = check_output_dir(out_dir, overwrite=overwrite, owned=("quickstart.json", adapter_file),
                                what="a quickstart run")
     t_all = time.perf_counter()
     device = default_device()
@@ -54,7 +55,7 @@ def run_quickstart(out_dir: str | Path = "concept-erase-quickstart", preset: str
     t0 = time.perf_counter()
     adapter = erase(pipe, concept, config or SemuConfig(), progress=progress)
     erase_seconds = time.perf_counter() - t0
-    path = adapter.save(out_dir / f"{concept.name}.safetensors")
+    path = adapter.save(out_dir / adapter_file)
 
     before, imgs_before = evaluate_sets(pipe, classifier, concept, progress=progress, return_images=True)
     pipe.load_unlearning_adapter(str(path))

@@ -69,7 +69,7 @@ def discover_adapters(pipe, adapters_dir: str | os.PathLike | None = None) -> di
 
     Files that do not load or were made for another UNet are skipped with a log line."""
     if adapters_dir is not None:
-        files = {p.stem: p for p in sorted(Path(adapters_dir).glob("*.safetensors"))}
+        files = {p.stem: p for p in sorted(Path(adapters_dir).glob("*.safetensors")) if not p.name.startswith(".")}
     else:
         files = known_adapters()
     found: dict[str, AdapterEntry] = {}

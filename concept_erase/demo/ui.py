@@ -22,8 +22,8 @@ from PIL import Image
 from ..errors import ConceptEraseError
 from ..world import SAMPLING
 from .core import (
-    MAX_SEEDS, AdapterEntry, Pair, UploadLimits, UploadStore, _duration, describe_adapters, discover_adapters, example_prompts,
-    generate_pairs, validate_upload,
+    MAX_SEEDS, AdapterEntry, Pair, UploadLimits, UploadStore, _duration, describe_adapters, discover_adapters,
+    example_prompts, generate_pairs, validate_upload,
 )
 
 __all__ = ["build_demo", "launch", "WORLD_EXAMPLES"]

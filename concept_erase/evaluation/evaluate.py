@@ -287,7 +287,8 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
         "robustness": robustness,
         "timing": {"generation_s": t_score - t_gen, "scoring_s": t_rob - t_score,
                    "robustness_s": time.perf_counter() - t_rob, "total_s": time.perf_counter() - start,
-                   "images_generated": made, "images_regenerated": regenerated, "images_total": sum(len(j) for j in jobs_by_model.values())},
+                   "images_generated": made, "images_regenerated": regenerated,
+                   "images_total": sum(len(j) for j in jobs_by_model.values())},
     }
     if dist.is_main:
         for m in models:

@@ -25,7 +25,7 @@ from typing import Sequence
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
-from .._io import atomic_write_json, save_image_atomic
+from .._io import atomic_write_json, safe_filename, save_image_atomic
 from ..diffusion import generate_images
 from ..errors import InvalidConfigError
 from ..images import to_pil
@@ -52,7 +52,7 @@ class ImageJob:
 
 def safe_name(name: str) -> str:
     """A model name usable as a directory name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+    return safe_filename(name, "model")
 
 
 def model_dir(out: str | Path, model: str) -> Path:
