@@ -99,7 +99,7 @@ class Codebook(nn.Module):
     # ----- tensors -----
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {"codebook.encoder.weight": self.encoder.weight, "codebook.encoder.bias": self.encoder.bias,
-                "codebook.dictionary": F.normalize(self.dictionary, dim=1), "codebook.bias": self.bias}
+                "codebook.dictionary": self.dictionary, "codebook.bias": self.bias}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], k: int) -> "Codebook":

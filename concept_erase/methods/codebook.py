@@ -157,6 +157,8 @@ def train_codebook(pipe, prompts: Sequence[str], heldout: Sequence[str] = (), co
         sched.step()
         if step % 100 == 0:
             bar.set_postfix(mse=f"{loss.item():.2e}")
+    with torch.no_grad():  # store unit-norm codes, so the file and this object decode identically
+        book.dictionary.copy_(F.normalize(book.dictionary, dim=1))
     book.requires_grad_(False).eval()
     train_err = relative_error(book, h)
     held_err = relative_error(book, _embeddings(pipe, heldout)) if heldout else None
