@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._io import atomic_path
-from .adapter import FORMAT_VERSION, METADATA_KEY, load_safetensors
+from .adapter import FORMAT_VERSION, METADATA_KEY, load_safetensors, parse_metadata
 from .errors import AdapterFormatError, ArchitectureMismatchError, InvalidConfigError
 from .version import __version__
 
@@ -201,17 +201,23 @@ class CodebookEdit:
     @classmethod
     def load(cls, path: str | Path) -> "CodebookEdit":
         tensors, header = load_safetensors(path)
-        try:
-            meta = json.loads(header.get(METADATA_KEY, "{}"))
-        except json.JSONDecodeError:
-            raise AdapterFormatError(f"{str(path)!r}: the `{METADATA_KEY}` metadata is not valid JSON.") from None
+        meta = parse_metadata(header.get(METADATA_KEY), repr(str(path)))  # hostile metadata: the project's error
         if meta.get("kind") != "codebook" or _PROBE_KEY not in tensors:
             raise AdapterFormatError(f"{str(path)!r} is not a codebook file (no codebook tensors / kind).")
         k = meta.get("k")
-        if not isinstance(k, int):
+        if not isinstance(k, int) or isinstance(k, bool):
             raise AdapterFormatError(f"{str(path)!r}: the codebook's top-k `k` is missing from the metadata.")
-        return cls(Codebook.from_tensors(tensors, k), tensors.get(_OFF_KEY, torch.zeros(0, dtype=torch.int64)),
-                   tensors[_PROBE_KEY], meta)
+        bad = [key for key, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise AdapterFormatError(f"{str(path)!r}: tensor {bad[0]!r} holds NaN or inf values; the file is corrupt.")
+        try:
+            return cls(Codebook.from_tensors(tensors, k), tensors.get(_OFF_KEY, torch.zeros(0, dtype=torch.int64)),
+                       tensors[_PROBE_KEY], meta)
+        except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as e:
+            if isinstance(e, AdapterFormatError):
+                raise
+            raise AdapterFormatError(f"{str(path)!r}: the codebook's tensors do not fit together "
+                                     f"({type(e).__name__}: {str(e)[:200]}).") from None
 
     def summary(self) -> str:
         m = self.metadata

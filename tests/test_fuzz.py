@@ -285,3 +285,35 @@ def test_a_process_killed_mid_write_leaves_the_old_file_and_a_hidden_temporary_n
     assert len(leftovers) == 1 and leftovers[0].startswith(".mine.safetensors.") and leftovers[0].endswith(".tmp")
     assert list(known_adapters()) [:1] == ["mine"] and all(not k.startswith(".") for k in known_adapters())
     assert tiny_pipe.load_unlearning_adapter(str(tmp_path)) == "mine"  # the directory holds one adapter
+
+
+# ---------------------------------------------------------------- codebook files (CodeUnlearn erasures)
+def test_malformed_codebook_files_raise_the_project_error(tmp_path):
+    from safetensors import safe_open
+
+    from concept_erase.codebook import CodebookEdit
+    from concept_erase.methods.codebook import WORLD_CODEBOOK
+
+    with safe_open(str(WORLD_CODEBOOK), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(f.metadata()[METADATA_KEY])
+    CodebookEdit.load(WORLD_CODEBOOK)  # control: the shipped file loads
+    cases = {
+        "deep metadata": (tensors, "[" * 100_000 + "]" * 100_000),
+        "metadata list": (tensors, "[]"),
+        "k missing": (tensors, json.dumps({**meta, "k": None})),
+        "k too large": (tensors, json.dumps({**meta, "k": 10**6})),
+        "1-D dictionary": ({**tensors, "codebook.dictionary": tensors["codebook.dictionary"][0]}, json.dumps(meta)),
+        "dictionary of another width": ({**tensors, "codebook.dictionary": tensors["codebook.dictionary"][:, :3]},
+                                        json.dumps(meta)),
+        "NaN encoder": ({**tensors, "codebook.encoder.weight": tensors["codebook.encoder.weight"] * float("nan")},
+                        json.dumps(meta)),
+        "codes off out of range": ({**tensors, "codebook.off": torch.tensor([10**6])}, json.dumps(meta)),
+        "encoder missing": ({k: v for k, v in tensors.items() if k != "codebook.encoder.weight"}, json.dumps(meta)),
+    }
+    for label, (t, m) in cases.items():
+        path = _write(tmp_path / f"{len(label)}-{label.replace(' ', '_')}.safetensors", t,
+                      {"format": "pt", METADATA_KEY: m})
+        with pytest.raises(AdapterFormatError):
+            CodebookEdit.load(path)
+        assert main(["info", str(path)]) in (0, 2), label  # never a traceback

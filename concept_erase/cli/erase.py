@@ -110,7 +110,12 @@ def add_info_parser(sub, help: str) -> None:
 
 def cmd_info(args) -> int:
     from ..adapter import UnlearningAdapter
+    from ..codebook import CodebookEdit, is_codebook_file
 
+    if is_codebook_file(args.file):  # a codebook erasure (CodeUnlearn), not a LoRA
+        edit = CodebookEdit.load(args.file)
+        print(json.dumps(edit.metadata, indent=2, sort_keys=True) if args.json else edit.summary())
+        return 0
     adapter = UnlearningAdapter.load(args.file)
     if args.json:
         print(json.dumps({"metadata": adapter.metadata, "ranks": adapter.ranks,
