@@ -99,8 +99,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = dict(zip(METHOD_ORDER, "o^vsDP"))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    markers = dict(zip(METHOD_ORDER, "o^vsDPXh*p<>"))
     for r in rows:
         ax.scatter(r["seconds"], r["erased"]["paraphrase"]["concept_rate"] * 100, marker=markers.get(r["method"], "o"),
                    s=30 + 400 * max(0.0, 1 - r["erased"]["retain"]["accuracy"] + 0.05), alpha=0.7,
@@ -111,7 +111,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("erase wall time (s, log) — cost")
     ax.set_ylabel("concept rate on paraphrases (%) — lower is better")
     ax.set_title("Quality vs cost on the shapes world (marker size grows with retain-accuracy loss)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside the data
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -15,7 +15,8 @@ def add_codebook_parser(sub, help: str) -> None:
     t.add_argument("--base", default="world", help="'world', a local diffusers pipeline directory or a hub id")
     t.add_argument("--prompts", help="text file, one prompt a line (required unless --base world)")
     t.add_argument("--heldout", help="text file of held-out prompts: the reconstruction error on them is recorded")
-    t.add_argument("--out", required=True, help="the codebook file (.safetensors) to write")
+    t.add_argument("--out", required=True, help="the codebook file (.safetensors) to write; checked before training")
+    t.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     t.add_argument("--device")
     t.add_argument("--quiet", action="store_true")
     add_arguments(t, CodebookTrainingConfig)
@@ -32,7 +33,11 @@ def _lines(path: str | None) -> list[str]:
     file = Path(path)
     if not file.is_file():
         raise InvalidPromptError(f"Prompt file {path!r} does not exist; give a text file with one prompt a line.")
-    return [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidPromptError(f"Prompt file {path!r} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def cmd_codebook_train(args) -> int:
@@ -41,7 +46,10 @@ def cmd_codebook_train(args) -> int:
     from ..loading import is_world, load_base
     from ..methods.codebook import CodebookTrainingConfig, train_codebook, world_codebook_prompts
 
+    from .erase import _adapter_out
+
     config = CodebookTrainingConfig(**values_from_args(args, CodebookTrainingConfig))
+    out = _adapter_out(args.out, args.overwrite)  # before minutes of training
     prompts, heldout = _lines(args.prompts), _lines(args.heldout)
     if not prompts:
         if not is_world(args.base):
@@ -52,7 +60,7 @@ def cmd_codebook_train(args) -> int:
     pipe = load_base(args.base, args.device)
     book = train_codebook(pipe, [""] + prompts if "" not in prompts else prompts, heldout, config,
                           progress=not args.quiet)
-    path = book.save(args.out)
+    path = book.save(out)
     m = book.metadata
     held = m["relative_error_heldout"]
     print(f"codebook {path}: {config.codes} codes, top-{config.k}; relative reconstruction error "
