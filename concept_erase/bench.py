@@ -41,6 +41,8 @@ QUICK_OVERRIDES = {
     "uce": {},
     "gradient-ascent": dict(steps=20, num_forget_images=12, num_retain_images=12, sample_steps=10),
     "task-vector": dict(steps=20, num_forget_images=12, sample_steps=10),
+    "simu": dict(steps=40, num_forget_images=12, num_retain_images=12, sample_steps=10, attribution_images=8),
+    "codebook": {},  # no training per concept
 }
 
 
@@ -106,8 +108,9 @@ def _plot(rows: list[dict], path: Path) -> None:
                    s=30 + 400 * max(0.0, 1 - r["erased"]["retain"]["accuracy"] + 0.05), alpha=0.7,
                    label=f"{r['method']}" if r["concept"] == rows[0]["concept"] else None)
         ax.annotate(f"{r['method']}\n{r['concept']}", (r["seconds"], r["erased"]["paraphrase"]["concept_rate"] * 100),
-                    fontsize=6, alpha=0.7)
+                    xytext=(6, 4), textcoords="offset points", fontsize=6, alpha=0.7)  # beside the marker
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.12)  # room for the labels beside the outermost markers
     ax.set_xlabel("erase wall time (s, log) — cost")
     ax.set_ylabel("concept rate on paraphrases (%) — lower is better")
     ax.set_title("Quality vs cost on the shapes world (marker size grows with retain-accuracy loss)")
