@@ -109,12 +109,15 @@ def _check_creatable(path: Path, flag: str) -> None:
                               "Choose a directory you can write to.")
 
 
-def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, flag: str = "--out") -> Path:
+def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, flag: str = "--out",
+                      suffix: str | None = None) -> Path:
     """Check that ``path`` can be written as a file, before any work; returns it (``~`` expanded).
 
-    Refuses a directory, an existing file unless ``overwrite``, and a path whose directory cannot be
-    created or written."""
+    Refuses a name not ending in ``suffix`` (when given), a directory, an existing file unless
+    ``overwrite``, and a path whose directory cannot be created or written."""
     path = Path(path).expanduser()
+    if suffix is not None and path.suffix != suffix and not path.is_dir():
+        raise OutputPathError(f"{flag} {str(path)!r} must end in {suffix} (adapters are safetensors files).")
     if str(path).strip() == "" or path.name in ("", ".", ".."):
         raise OutputPathError(f"{flag} {str(path)!r} is not a file name. Give a file path such as "
                               "out/name.safetensors.")
@@ -169,7 +172,8 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False, owned:
         return path
     if not path.is_dir():
         raise OutputPathError(f"{flag} {str(path)!r} is a file, not a directory. Choose another path.")
-    if not os.access(path, os.W_OK | os.X_OK) or not os.access(path.parent, os.W_OK | os.X_OK) and replace:
+    parent_writable = os.access(path.parent, os.W_OK | os.X_OK)  # a replaced directory is renamed in its parent
+    if not os.access(path, os.W_OK | os.X_OK) or (replace and not parent_writable):
         raise OutputPathError(f"{flag} {str(path)!r} is not writable. Choose a directory you can write to.")
     entries = sorted(p.name for p in path.iterdir())
     if not entries:

@@ -46,10 +46,10 @@ def cmd_codebook_train(args) -> int:
     from ..loading import is_world, load_base
     from ..methods.codebook import CodebookTrainingConfig, train_codebook, world_codebook_prompts
 
-    from .erase import _adapter_out
+    from .._io import check_output_file
 
     config = CodebookTrainingConfig(**values_from_args(args, CodebookTrainingConfig))
-    out = _adapter_out(args.out, args.overwrite)  # before minutes of training
+    out = check_output_file(args.out, overwrite=args.overwrite, suffix=".safetensors")  # before minutes of training
     prompts, heldout = _lines(args.prompts), _lines(args.heldout)
     if not prompts:
         if not is_world(args.base):

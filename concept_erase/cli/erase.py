@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .._io import check_output_file
 from ..concepts import Concept, load_preset
 from ..config import add_arguments, values_from_args
 from ..errors import InvalidConfigError, InvalidPromptError
@@ -84,20 +85,13 @@ def cmd_erase(args) -> int:
     settings = {**given, **_parse_settings(args.set)}
     config = method.config(**settings)  # every setting checked before the model is loaded
     concept = _concept_from_args(args)
-    out = _adapter_out(args.out, args.overwrite)  # an unwritable --out must not cost a training run
+    out = check_output_file(args.out, overwrite=args.overwrite, suffix=".safetensors")  # before any training
     pipe = load_base(args.base, args.device)
     adapter = method.erase(pipe, concept, config, progress=not args.quiet)
     _print_summary(adapter, adapter.save(out))
     return 0
 
 
-def _adapter_out(path, overwrite: bool) -> Path:
-    from .._io import check_output_file
-
-    out = check_output_file(path, overwrite=overwrite)
-    if out.suffix != ".safetensors":
-        raise InvalidConfigError(f"--out {str(path)!r} must end in .safetensors (adapters are safetensors files).")
-    return out
 
 
 # ---------------------------------------------------------------- info
@@ -139,7 +133,8 @@ def cmd_export(args) -> int:
     from ..adapter import UnlearningAdapter
 
     src = Path(args.file)
-    out = _adapter_out(args.out or src.with_name(f"{src.stem}.{args.format}.safetensors"), args.overwrite)
+    out = check_output_file(args.out or src.with_name(f"{src.stem}.{args.format}.safetensors"),
+                            overwrite=args.overwrite, suffix=".safetensors")
     if out.resolve() == src.resolve():
         raise InvalidConfigError(f"--out {str(out)!r} is the file being exported; choose another path.")
     adapter = UnlearningAdapter.load(args.file)

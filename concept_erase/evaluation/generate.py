@@ -33,7 +33,7 @@ from .distributed import Dist
 from .prompts import PromptRow
 
 __all__ = ["ImageJob", "plan_jobs", "generate_missing", "find_missing", "image_ok", "model_dir", "check_manifest",
-           "row_digests", "file_sha256", "safe_name", "settings_digest", "TAG_KEY"]
+           "row_digests", "file_sha256", "settings_digest", "TAG_KEY"]
 logger = logging.getLogger(__name__)
 
 
@@ -50,13 +50,8 @@ class ImageJob:
     tag: str = ""  # settings + prompt + seed, written into the PNG and checked on resume
 
 
-def safe_name(name: str) -> str:
-    """A model name usable as a directory name."""
-    return safe_filename(name, "model")
-
-
 def model_dir(out: str | Path, model: str) -> Path:
-    return Path(out) / "images" / safe_name(model)
+    return Path(out) / "images" / safe_filename(model, "model")
 
 
 def plan_jobs(rows: Sequence[PromptRow], directory: str | Path, *, images_per_prompt: int, seed: int = 0,

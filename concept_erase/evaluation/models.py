@@ -9,7 +9,8 @@ from pathlib import Path
 from ..adapter import UnlearningAdapter
 from ..loading import resolve_adapter
 from ..errors import InvalidConfigError
-from .generate import file_sha256, safe_name
+from .._io import safe_filename
+from .generate import file_sha256
 from .prompts import target_name
 
 __all__ = ["EvalModel", "resolve_models", "use_model"]
@@ -41,7 +42,7 @@ def resolve_models(adapters: list[str]) -> list[EvalModel]:
     models = [EvalModel("base")]
     for spec in adapters:
         path = resolve_adapter(spec)
-        name = safe_name(path.stem)
+        name = safe_filename(path.stem, "model")
         taken = {m.name for m in models}
         if name in taken:
             i = 2
