@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import Config, check_choice, check_fraction, check_int, check_number, check_patterns, setting
+from ...errors import InvalidConfigError
 from ...objectives import GRADIENT_LOSSES, OBJECTIVES
 from ..simu.attribution import MASK_KINDS
 
-__all__ = ["SemuConfig", "SEMU_MASKS", "SEMU_OPTIMIZERS"]
+__all__ = ["SemuConfig", "SEMU_MASKS", "SEMU_OPTIMIZERS", "SEMU_SUBSPACES", "SEMU_PARAMETRIZATIONS"]
 
 SEMU_MASKS = ("none", "simu")
 SEMU_OPTIMIZERS = ("adam", "sophia")
+SEMU_SUBSPACES = ("gradient", "random")
+SEMU_PARAMETRIZATIONS = ("semu", "lora", "full")
 
 
 @dataclass
@@ -73,6 +76,16 @@ class SemuConfig(Config):
     # "sophia": R is trained with Sophia (arXiv 2305.14342, GNB Hessian estimate every 10 steps)
     optimizer: str = setting("adam", "SEMU: optimiser of R", choices=SEMU_OPTIMIZERS)
     sophia_rho: float = setting(0.04, "SEMU with Sophia: ρ of the clipped update")
+    # Ablations, to isolate what SEMU's SVD subspace contributes (same layers, loss, data, steps and
+    # optimiser). "random": U_r, V_r are random orthonormal bases of the rank the gradient's SVD chose
+    # for each layer. "lora": a LoRA ("LoRA: Low-Rank Adaptation of Large Language Models", arXiv
+    # 2106.09685) per layer whose rank matches SEMU's r² trainable parameters, max(1, round(r²/(in+out)));
+    # "full": the full weight matrices are trained. "gradient" / "semu" are SEMU itself.
+    subspace: str = setting("gradient", "SEMU ablation: U_r, V_r from the forget gradient's SVD, or random "
+                                        "orthonormal ones of the same rank", choices=SEMU_SUBSPACES)
+    parametrization: str = setting("semu", "SEMU ablation: train R of W + U_r R V_rᵀ (semu), a LoRA of as many "
+                                           "parameters (lora), or the full weights (full)",
+                                   choices=SEMU_PARAMETRIZATIONS)
 
     def __post_init__(self) -> None:
         check_patterns(self)
@@ -93,6 +106,17 @@ class SemuConfig(Config):
         check_fraction(self, "mask_threshold")
         check_int(self, "mask_steps")
         check_number(self, "sophia_rho")
+        check_choice(self, "subspace", SEMU_SUBSPACES)
+        check_choice(self, "parametrization", SEMU_PARAMETRIZATIONS)
+        if self.subspace != "gradient" and self.parametrization != "semu":
+            raise InvalidConfigError(
+                f"`subspace` {self.subspace!r} only applies to parametrization 'semu' (U_r R V_rᵀ); parametrization "
+                f"{self.parametrization!r} has no subspace. Use subspace='gradient' with it.")
+        if self.mask != "none" and (self.parametrization != "semu" or self.subspace != "gradient"):
+            raise InvalidConfigError(
+                f"`mask` {self.mask!r} (SEMU x SIMU) restricts SEMU's gradient subspace, so it needs "
+                f"parametrization='semu' and subspace='gradient', not parametrization={self.parametrization!r}, "
+                f"subspace={self.subspace!r}. Use mask='none' for the ablations.")
 
     def gamma_for(self, module_name: str) -> float:
         return self.gamma_cross_attention if ".attn2." in f".{module_name}." else self.gamma

@@ -1,6 +1,7 @@
 """SEMU's subspace: project the forget gradient perpendicular to the weight, then keep the top
 singular directions by explained variance ("SEMU: Singular Value Decomposition for Efficient Machine
-Unlearning", arXiv 2502.07587, eq. 4-6)."""
+Unlearning", arXiv 2502.07587, eq. 4-6). ``random_subspace`` is the ablation that replaces those
+directions by random orthonormal ones of the same rank."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from ...errors import InvalidConfigError
 
-__all__ = ["as_matrix", "project_perpendicular", "select_rank", "gradient_subspace"]
+__all__ = ["as_matrix", "project_perpendicular", "select_rank", "gradient_subspace", "random_subspace"]
 
 
 def as_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -74,3 +75,21 @@ def gradient_subspace(grad: torch.Tensor, weight: torch.Tensor, gamma: float, *,
         r = min(r, max_rank)
     dtype = weight.dtype if weight.is_floating_point() else torch.float32
     return u[:, :r].to(dtype), s[:r].to(dtype), vh[:r].T.contiguous().to(dtype)
+
+
+def random_subspace(out_features: int, in_features: int, rank: int, *, generator: torch.Generator,
+                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random orthonormal ``U (out, r)`` and ``V (in·k, r)``: the Q factors of seeded Gaussian matrices.
+
+    The "random" subspace ablation: same rank as :func:`gradient_subspace` chose, no gradient information.
+
+    >>> u, v = random_subspace(6, 4, 2, generator=torch.Generator().manual_seed(0))
+    >>> u.shape, v.shape, torch.allclose(u.T @ u, torch.eye(2), atol=1e-6)
+    (torch.Size([6, 2]), torch.Size([4, 2]), True)
+    """
+    if not 1 <= rank <= min(out_features, in_features):
+        raise InvalidConfigError(f"A random subspace of rank {rank} does not fit a {out_features} x {in_features} "
+                                 "weight.")
+    u = torch.linalg.qr(torch.randn(out_features, rank, generator=generator, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(in_features, rank, generator=generator, dtype=torch.float64))[0]
+    return u.to(dtype), v.to(dtype)

@@ -8,6 +8,17 @@ Unlearning", arXiv 2502.07587), adapted to a diffusion UNet: from prompts to an 
 5. each layer becomes W + U_r R V_rᵀ with R = 0, and 6. only R is trained on the relabel loss
    (plus the optional retain term); 7. the result is exported as LoRA factors.
 
+Ablations (``SemuConfig.subspace`` / ``parametrization``) change one ingredient and share the rest
+(layers, data, loss, steps, optimiser, learning rate; one training loop, :func:`_train`):
+
+- ``subspace="random"``: steps 2-4 choose each layer's rank r as usual, then U_r, V_r are replaced
+  by random orthonormal bases of that rank;
+- ``parametrization="lora"``: steps 2-4 only size the layers; instead of step 5 each layer gets a
+  PEFT LoRA ("LoRA: Low-Rank Adaptation of Large Language Models", arXiv 2106.09685) of rank
+  max(1, round(r² / (in + out))), about SEMU's r² trainable parameters, alpha = rank, and A and B are trained;
+- ``parametrization="full"``: no subspace (steps 2-4 are skipped); the full weight matrices are
+  trained, and their dense deltas are exported through :mod:`concept_erase.methods.dense`.
+
 The pipeline is left exactly as it was, even when training fails.
 """
 
@@ -16,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -23,20 +36,23 @@ from tqdm.auto import tqdm
 from ...adapter import UnlearningAdapter
 from ...concepts import Concept, resolve_concept
 from ...errors import InvalidConfigError
-from ...diffusion import add_noise, check_finite, encode_prompts, frozen_unet, prompt_latents
+from ...diffusion import add_noise, check_finite, encode_prompts, frozen_unet, functional_eps, prompt_latents
 from ...objectives import forget_loss, gradient_loss
 from ..common import FORGET_OFFSET, RETAIN_OFFSET, make_adapter, select_modules
+from ..dense import adapter_from_deltas
 from ..simu.trainer import unet_critical_masks
 from ..sophia import Sophia, gnb_estimate
 from .config import SemuConfig
-from .layers import inject_, remove_, semu_layers
-from .svd import gradient_subspace
+from .layers import (inject_, lora_disabled, lora_factors, lora_parameters, lora_rank, peft_lora, remove_,
+                     semu_layers)
+from .svd import gradient_subspace, random_subspace
 
 __all__ = ["erase"]
 logger = logging.getLogger(__name__)
 
 _HINT = "Lower `learning_rate` or `gradient_guidance`"
 _SOPHIA_INTERVAL = 10  # k of Sophia's Algorithm 3: steps between Hessian estimates (the paper's default)
+_FULL_MAX_ERROR = 1e-3  # relative error of the LoRA export of the "full" ablation's dense deltas
 
 
 @contextlib.contextmanager
@@ -60,6 +76,44 @@ def _adapters_disabled(unet):
             layer.enabled = True
 
 
+@dataclass
+class _Data:
+    """The generated training data (step 1) and how noisy training batches are drawn from it."""
+
+    x0_f: torch.Tensor
+    f_idx_t: torch.Tensor
+    c_f: torch.Tensor
+    c_a: torch.Tensor
+    c_null: torch.Tensor
+    retain: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (x0_r, r_idx_t, c_r) when used
+    alphas: torch.Tensor
+    device: torch.device
+    max_timestep: int
+    g: torch.Generator
+
+    def noised(self, x0, idx):
+        t = torch.randint(0, self.max_timestep, (len(idx),), generator=self.g).to(self.device)
+        noise = torch.randn(x0[idx].shape, generator=self.g).to(device=self.device, dtype=x0.dtype)
+        return add_noise(self.alphas, x0[idx], noise, t), t, noise
+
+
+def _unet_eps(unet) -> Callable:
+    def eps(x_t, t, c):
+        return unet(x_t, t, encoder_hidden_states=c).sample
+
+    return eps
+
+
+def _eps_within(eps: Callable, context: Callable[[], contextlib.AbstractContextManager]) -> Callable:
+    """``eps`` evaluated inside ``context()``: the base model's prediction with the adaptation switched off."""
+
+    def base_eps(x, t, c):
+        with context():
+            return eps(x, t, c)
+
+    return base_eps
+
+
 def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None, *,
           progress: bool = True) -> UnlearningAdapter:
     """Erase ``concept`` from ``pipe`` with SEMU and return the adapter (the pipeline is unchanged).
@@ -80,133 +134,189 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
 
     # --- 1. data from prompts alone ---
     n_f = config.num_forget_images
-    data = dict(seed=config.seed, steps=config.sample_steps, guidance=config.sample_guidance, progress=progress)
+    gen = dict(seed=config.seed, steps=config.sample_steps, guidance=config.sample_guidance, progress=progress)
     x0_f, f_idx_t, c_f = prompt_latents(pipe, concept.forget, n_f, offset=FORGET_OFFSET, desc="forget latents",
-                                        **data)
+                                        **gen)
     c_a = encode_prompts(pipe, concept.anchor)
     c_null = encode_prompts(pipe, [""])
     use_retain = bool(concept.retain) and config.num_retain_images > 0 and config.retain_weight > 0
+    retain = None
     if use_retain:
-        x0_r, r_idx_t, c_r = prompt_latents(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
-                                            desc="retain latents", **data)
-
-    def noised(x0, idx):
-        t = torch.randint(0, config.max_timestep, (len(idx),), generator=g).to(device)
-        noise = torch.randn(x0[idx].shape, generator=g).to(device=device, dtype=x0.dtype)
-        return add_noise(alphas, x0[idx], noise, t), t, noise
-
-    def eps(x_t, t, c):
-        return unet(x_t, t, encoder_hidden_states=c).sample
+        retain = prompt_latents(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
+                                desc="retain latents", **gen)
+    data = _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, device, config.max_timestep, g)
 
     targets = select_modules(unet, config.target_modules)
+    eps = _unet_eps(unet)
+    desc = f"erase {concept.name}"
     with frozen_unet(unet), _removed_after(unet):
-        # --- 2. forget gradient, summed over batches (each batch clipped to norm 1 first) ---
-        weights = {name: m.weight for name, m in targets.items()}
-        for w in weights.values():
-            w.requires_grad_(True)
-            w.grad = None
-        loss_fn = gradient_loss(config.gradient_loss)
-        order = torch.randperm(n_f, generator=g)
-        batches = order.chunk(min(config.gradient_batches, n_f))
-        for b, batch in enumerate(tqdm(batches, desc="forget gradient", disable=not progress, leave=False)):
-            x_t, t, noise = noised(x0_f, batch)
-            fi = f_idx_t[batch]
-            loss = loss_fn(eps, eps, x_t, t, noise, c_f[fi], c_a[fi], c_null.expand(len(batch), -1, -1),
-                           guidance=config.gradient_guidance)
-            check_finite(loss, "forget-gradient loss", b, hint=_HINT)
-            grads = torch.autograd.grad(loss, list(weights.values()))
-            scale = 1.0
-            if config.clip_gradient is not None:
-                total = torch.sqrt(sum((gr.float() ** 2).sum() for gr in grads))
-                scale = min(1.0, config.clip_gradient / (float(total) + 1e-12))
-            for w, gr in zip(weights.values(), grads):
-                w.grad = gr * scale if w.grad is None else w.grad.add_(gr, alpha=scale)
-            del grads
-        # --- SEMU x SIMU: the critical neurons of the target layers (plain SEMU skips this) ---
-        row_masks = {}
-        if config.mask == "simu":
-            row_masks, _ = unet_critical_masks(
-                pipe, targets, (x0_f, f_idx_t, c_f), (x0_r, r_idx_t, c_r) if use_retain else None,
-                steps=config.mask_steps, threshold=config.mask_threshold, kind=config.mask_kind,
-                images=n_f, batch_size=config.batch_size, max_timestep=config.max_timestep, generator=g,
-                progress=progress)
-        # --- 3-4. projection and SVD, one layer at a time ---
-        factors, ranks = {}, {}
-        for name, w in weights.items():
-            mask = row_masks.get(name)
-            if mask is not None and not mask.any():  # no critical neuron in this layer: not adapted
-                w.grad = None
-                w.requires_grad_(False)
-                continue
-            u, s, v = gradient_subspace(w.grad, w.detach(), config.gamma_for(name), max_rank=config.max_rank,
-                                        project=config.project, row_mask=mask)
-            w.grad = None
-            w.requires_grad_(False)
-            factors[name] = (u, v)
-            ranks[name] = u.shape[1]
-        # --- 5-6. train R only ---
-        layers = inject_(unet, factors)
-        params = [layer.r for layer in layers.values()]
-        objective = forget_loss(config.objective)
-        if not params:
-            raise InvalidConfigError(f"SEMU x SIMU found no critical neuron in the target layers at threshold "
-                                     f"{config.mask_threshold}; lower `mask_threshold` or use mask_kind='forget'.")
-        if config.optimizer == "sophia":
-            opt = Sophia(params, lr=config.learning_rate, rho=config.sophia_rho, weight_decay=0.0)
+        if config.parametrization == "full":
+            # --- ablation: the full weight matrices, no subspace ---
+            params = {f"{name}.weight": m.weight.detach().clone().requires_grad_(True) for name, m in targets.items()}
+            history = _train(list(params.values()), functional_eps(unet, params), eps, data, config,
+                             desc=desc, progress=progress)
         else:
-            opt = torch.optim.Adam(params, lr=config.learning_rate)
-        bar = tqdm(range(config.steps), desc=f"erase {concept.name}", disable=not progress)
-        history = []
-        for step in bar:
-            batch = torch.randint(0, n_f, (min(config.batch_size, n_f),), generator=g)
-            x_t, t, noise = noised(x0_f, batch)
-            fi = f_idx_t[batch]
+            # --- 2-4. SEMU's subspace of each layer (the ablations keep its ranks) ---
+            factors = _gradient_subspaces(pipe, targets, data, config, progress=progress)
+            ranks = {name: u.shape[1] for name, (u, v) in factors.items()}
+            extra = {}
+            if config.parametrization == "lora":
+                # --- ablation: a PEFT LoRA of about SEMU's r² trainable parameters per layer ---
+                semu_ranks = ranks
+                ranks = {name: lora_rank(r, targets[name].weight.shape) for name, r in semu_ranks.items()}
+                with peft_lora(unet, ranks, seed=config.seed) as loras:
+                    params = [p for layer in loras.values() for p in lora_parameters(layer)]
+                    trainable = sum(p.numel() for p in params)
+                    history = _train(params, eps, _eps_within(eps, lambda: lora_disabled(loras)), data, config,
+                                     desc=desc, progress=progress)
+                    tensors = _export({name: lora_factors(layer) for name, layer in loras.items()})
+                extra = dict(semu_ranks=semu_ranks, semu_trainable_parameters=sum(r * r for r in semu_ranks.values()))
+            else:
+                if config.subspace == "random":
+                    # --- ablation: random orthonormal U_r, V_r of the rank the gradient chose ---
+                    # its own generator (from the seed), so the training batches are those of plain SEMU
+                    sub_g = torch.Generator(device="cpu").manual_seed(config.seed)
+                    factors = {name: random_subspace(u.shape[0], v.shape[0], u.shape[1], generator=sub_g)
+                               for name, (u, v) in factors.items()}
+                # --- 5-6. train R only ---
+                layers = inject_(unet, factors)
+                trainable = sum(r * r for r in ranks.values())
+                history = _train([layer.r for layer in layers.values()], eps,
+                                 _eps_within(eps, lambda: _adapters_disabled(unet)), data, config,
+                                 desc=desc, progress=progress)
+                # --- 7. export ---
+                tensors = _export({name: layer.lora_factors() for name, layer in layers.items()})
 
-            def base_eps(x, tt, c):
-                with _adapters_disabled(unet):
-                    return eps(x, tt, c)
-
-            preds = []  # predictions that carry R's gradient (Sophia's Hessian estimate uses them)
-
-            def train_eps(x, tt, c):
-                out = eps(x, tt, c)
-                if out.requires_grad:
-                    preds.append(out)
-                return out
-
-            loss_f = objective(train_eps, base_eps, x_t, t, noise, c_f[fi], c_a[fi],
-                               c_null.expand(len(batch), -1, -1), eta=config.eta)
-            loss = loss_f
-            loss_r = None
-            if use_retain:
-                rb = torch.randint(0, len(r_idx_t), (min(config.batch_size, len(r_idx_t)),), generator=g)
-                xr_t, tr, _ = noised(x0_r, rb)
-                cr = c_r[r_idx_t[rb]]
-                with torch.no_grad():
-                    target_r = base_eps(xr_t, tr, cr)
-                loss_r = torch.nn.functional.mse_loss(train_eps(xr_t, tr, cr), target_r)
-                loss = loss_f + config.retain_weight * loss_r
-            check_finite(loss, "loss", step, hint=_HINT)
-            if config.optimizer == "sophia" and step % _SOPHIA_INTERVAL == 0:
-                opt.update_hessian(gnb_estimate(preds, params, batch_size=len(batch), generator=g))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(loss.item())
-            retain = {"retain": f"{loss_r.item():.4f}"} if loss_r is not None else {}
-            bar.set_postfix(loss=f"{loss_f.item():.4f}", **retain)
-        # --- 7. export ---
-        tensors = {}
-        for name, layer in layers.items():
-            a, b = layer.lora_factors()
-            tensors[f"unet.{name}.lora_A.weight"] = a.detach().float().cpu().clone()
-            tensors[f"unet.{name}.lora_B.weight"] = b.detach().float().cpu().clone()
-
+    final_loss = history[-1] if history else None
+    if config.parametrization == "full":
+        deltas = ((name, params[f"{name}.weight"].detach() - m.weight) for name, m in targets.items())
+        return adapter_from_deltas(
+            deltas, pipe=pipe, method="semu", concept=concept, config=config,
+            trainable_parameters=sum(m.weight.numel() for m in targets.values()), start=start,
+            max_error=_FULL_MAX_ERROR, extra={"final_loss": final_loss})
     # natively low-rank: the file holds exactly the trained adapter (compression error 0)
     adapter = make_adapter(tensors, pipe, method="semu", concept=concept, config=config, ranks=ranks,
-                           trainable_parameters=sum(r * r for r in ranks.values()), start=start,
-                           final_loss=history[-1] if history else None, compression_error=0.0)
+                           trainable_parameters=trainable, start=start, final_loss=final_loss,
+                           compression_error=0.0, **extra)
     meta = adapter.metadata
     logger.info("erased %r: %d layers, %d trainable parameters (%.3f%% of the UNet) in %.1fs", concept.name,
                 len(ranks), meta["trainable_parameters"], 100 * meta["trainable_fraction"], meta["seconds"])
     return adapter
+
+
+def _export(factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``(lora_A, lora_B)`` per module -> the adapter's tensors (float32, on the CPU)."""
+    tensors = {}
+    for name, (a, b) in factors.items():
+        tensors[f"unet.{name}.lora_A.weight"] = a.detach().float().cpu().clone()
+        tensors[f"unet.{name}.lora_B.weight"] = b.detach().float().cpu().clone()
+    return tensors
+
+
+def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *, progress: bool
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Steps 2-4: ``{module name: (U_r, V_r)}`` from the accumulated, projected forget gradient.
+
+    Must run inside :func:`~concept_erase.diffusion.frozen_unet`; leaves no gradient behind."""
+    unet, g = pipe.unet, data.g
+    eps = _unet_eps(unet)
+    n_f = len(data.f_idx_t)
+    # --- 2. forget gradient, summed over batches (each batch clipped to norm 1 first) ---
+    weights = {name: m.weight for name, m in targets.items()}
+    for w in weights.values():
+        w.requires_grad_(True)
+        w.grad = None
+    loss_fn = gradient_loss(config.gradient_loss)
+    order = torch.randperm(n_f, generator=g)
+    batches = order.chunk(min(config.gradient_batches, n_f))
+    for b, batch in enumerate(tqdm(batches, desc="forget gradient", disable=not progress, leave=False)):
+        x_t, t, noise = data.noised(data.x0_f, batch)
+        fi = data.f_idx_t[batch]
+        loss = loss_fn(eps, eps, x_t, t, noise, data.c_f[fi], data.c_a[fi], data.c_null.expand(len(batch), -1, -1),
+                       guidance=config.gradient_guidance)
+        check_finite(loss, "forget-gradient loss", b, hint=_HINT)
+        grads = torch.autograd.grad(loss, list(weights.values()))
+        scale = 1.0
+        if config.clip_gradient is not None:
+            total = torch.sqrt(sum((gr.float() ** 2).sum() for gr in grads))
+            scale = min(1.0, config.clip_gradient / (float(total) + 1e-12))
+        for w, gr in zip(weights.values(), grads):
+            w.grad = gr * scale if w.grad is None else w.grad.add_(gr, alpha=scale)
+        del grads
+    # --- SEMU x SIMU: the critical neurons of the target layers (plain SEMU skips this) ---
+    row_masks = {}
+    if config.mask == "simu":
+        retain = data.retain
+        row_masks, _ = unet_critical_masks(
+            pipe, targets, (data.x0_f, data.f_idx_t, data.c_f), retain,
+            steps=config.mask_steps, threshold=config.mask_threshold, kind=config.mask_kind,
+            images=n_f, batch_size=config.batch_size, max_timestep=config.max_timestep, generator=g,
+            progress=progress)
+    # --- 3-4. projection and SVD, one layer at a time ---
+    factors = {}
+    for name, w in weights.items():
+        mask = row_masks.get(name)
+        if mask is not None and not mask.any():  # no critical neuron in this layer: not adapted
+            w.grad = None
+            w.requires_grad_(False)
+            continue
+        u, s, v = gradient_subspace(w.grad, w.detach(), config.gamma_for(name), max_rank=config.max_rank,
+                                    project=config.project, row_mask=mask)
+        w.grad = None
+        w.requires_grad_(False)
+        factors[name] = (u, v)
+    if not factors:
+        raise InvalidConfigError(f"SEMU x SIMU found no critical neuron in the target layers at threshold "
+                                 f"{config.mask_threshold}; lower `mask_threshold` or use mask_kind='forget'.")
+    return factors
+
+
+def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: _Data, config: SemuConfig, *,
+           desc: str, progress: bool) -> list[float]:
+    """Step 6, shared by SEMU and its ablations: train ``params`` on the forget objective (plus the
+    retain term). ``eps`` is the adapted model's prediction (it depends on ``params``), ``base_eps``
+    the frozen base model's. Returns the loss of every step."""
+    g = data.g
+    n_f = len(data.f_idx_t)
+    objective = forget_loss(config.objective)
+    if config.optimizer == "sophia":
+        opt = Sophia(params, lr=config.learning_rate, rho=config.sophia_rho, weight_decay=0.0)
+    else:
+        opt = torch.optim.Adam(params, lr=config.learning_rate)
+    bar = tqdm(range(config.steps), desc=desc, disable=not progress)
+    history = []
+    for step in bar:
+        batch = torch.randint(0, n_f, (min(config.batch_size, n_f),), generator=g)
+        x_t, t, noise = data.noised(data.x0_f, batch)
+        fi = data.f_idx_t[batch]
+        preds = []  # predictions that carry the parameters' gradient (Sophia's Hessian estimate uses them)
+
+        def train_eps(x, tt, c):
+            out = eps(x, tt, c)
+            if out.requires_grad:
+                preds.append(out)
+            return out
+
+        loss_f = objective(train_eps, base_eps, x_t, t, noise, data.c_f[fi], data.c_a[fi],
+                           data.c_null.expand(len(batch), -1, -1), eta=config.eta)
+        loss = loss_f
+        loss_r = None
+        if data.retain is not None:
+            x0_r, r_idx_t, c_r = data.retain
+            rb = torch.randint(0, len(r_idx_t), (min(config.batch_size, len(r_idx_t)),), generator=g)
+            xr_t, tr, _ = data.noised(x0_r, rb)
+            cr = c_r[r_idx_t[rb]]
+            with torch.no_grad():
+                target_r = base_eps(xr_t, tr, cr)
+            loss_r = torch.nn.functional.mse_loss(train_eps(xr_t, tr, cr), target_r)
+            loss = loss_f + config.retain_weight * loss_r
+        check_finite(loss, "loss", step, hint=_HINT)
+        if config.optimizer == "sophia" and step % _SOPHIA_INTERVAL == 0:
+            opt.update_hessian(gnb_estimate(preds, params, batch_size=len(batch), generator=g))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+        retain = {"retain": f"{loss_r.item():.4f}"} if loss_r is not None else {}
+        bar.set_postfix(loss=f"{loss_f.item():.4f}", **retain)
+    return history
