@@ -256,18 +256,18 @@ def attach_codebook_(pipe, edit: CodebookEdit, *, name: str | None = None, scale
                                  "first with `pipe.unload_unlearning_adapter(name)` (codebook edits do not stack).")
     edit.check_compatible(pipe)
     device = next(pipe.unet.parameters()).device
-    edit.codebook.to(device)
+    edit.codebook.to(device).requires_grad_(False)
     off = edit.off.to(device)
     state = {"name": name or edit.name, "edit": edit, "scale": float(scale)}
 
+    # Differentiable in the text embeddings (the codebook's own weights are frozen), so gradient-based
+    # attacks on the prompt (adversarial prompts) see the bottleneck as part of the model.
     def pre_hook(module, args, kwargs):
         if "encoder_hidden_states" in kwargs:
             h = kwargs["encoder_hidden_states"]
-            with torch.no_grad():
-                kwargs = {**kwargs, "encoder_hidden_states": edit.codebook(h, off, edit.mode, state["scale"])}
+            kwargs = {**kwargs, "encoder_hidden_states": edit.codebook(h, off, edit.mode, state["scale"])}
         elif len(args) > 2:
-            with torch.no_grad():
-                args = (*args[:2], edit.codebook(args[2], off, edit.mode, state["scale"]), *args[3:])
+            args = (*args[:2], edit.codebook(args[2], off, edit.mode, state["scale"]), *args[3:])
         return args, kwargs
 
     state["handle"] = pipe.unet.register_forward_pre_hook(pre_hook, with_kwargs=True)

@@ -32,14 +32,16 @@ def _prompt_list(value, name: str, *, allow_empty: bool) -> list[str]:
 
 @dataclass
 class Concept:
-    """A concept to erase.
+    """A concept to erase, given the way a user gives it.
 
-    ``anchor`` is one prompt for every forget prompt, or a list aligned with ``forget``
+    ``phrase`` names the concept in a few words ("red", "nudity", "striped background"): methods
+    whose authors train on the concept's name (ESD) use it; the others use the prompts. ``forget``
+    holds a few prompts that show it (the presets give at most 8). ``anchor`` is one prompt for every forget prompt, or a list aligned with ``forget``
     (``"a red circle" -> "a gray circle"``). ``paraphrases`` are prompts that name the concept in
     other words; they are never trained on and only measure how far the erasure generalises.
 
     >>> Concept(name="red", forget=["a red circle"], anchor=["a gray circle"])
-    Concept(name='red', forget=['a red circle'], anchor=['a gray circle'], retain=[], paraphrases=[], target=None, description='')
+    Concept(name='red', forget=['a red circle'], anchor=['a gray circle'], retain=[], paraphrases=[], target=None, description='', phrase=None)
     """
 
     name: str
@@ -51,6 +53,7 @@ class Concept:
     # shapes world or {"nudenet": "exposed"}; used by evaluation, not by training.
     target: dict | None = None
     description: str = ""
+    phrase: str | None = None  # the concept's name as a user types it; default: none (methods use the prompts)
 
     def __post_init__(self) -> None:
         self.forget = _prompt_list(self.forget, "forget", allow_empty=False)  # first: `--forget ""` is about prompts
@@ -66,6 +69,12 @@ class Concept:
         self.anchor = anchor
         self.retain = _prompt_list(self.retain, "retain", allow_empty=True)
         self.paraphrases = _prompt_list(self.paraphrases, "paraphrases", allow_empty=True)
+        if self.phrase is not None and (not isinstance(self.phrase, str) or not self.phrase.strip()):
+            raise InvalidPromptError(f"`phrase` must be a non-empty string or None, but is {self.phrase!r}.")
+
+    def phrase_prompts(self) -> list[str]:
+        """``[phrase]`` when the concept has a phrase, else its forget prompts."""
+        return [self.phrase] if self.phrase else list(self.forget)
 
     def to_dict(self) -> dict:
         return asdict(self)

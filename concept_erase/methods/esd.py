@@ -3,7 +3,9 @@ a copy of the UNet so that, conditioned on the concept, it predicts the frozen m
 
     ε_θ(x_t, c, t)  ←  ε*(x_t, t) − η·(ε*(x_t, c, t) − ε*(x_t, t))        (paper eq. 5)
 
-on x_t reached by partially sampling the frozen model with the concept prompt (no dataset).
+on x_t reached by partially sampling the frozen model with the concept prompt (no dataset). As its authors
+do, ESD trains on the concept's name (``Concept.phrase``: "nudity", "Van Gogh", "red"); a concept
+without a phrase falls back to its forget prompts.
 ESD-x trains the cross-attention (attn2) layers, ESD-u everything else. The full-weight deltas are
 compressed to LoRA factors (``dense.py``).
 
@@ -104,7 +106,8 @@ def erase_esd(pipe, concept: Concept | str | dict, config: EsdConfig | None = No
     g = torch.Generator().manual_seed(config.seed)
     # A private scheduler: the pipeline's keeps its state. Same class and noise schedule.
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    c_f = encode_prompts(pipe, concept.forget)  # (P, T, D)
+    prompts = concept.phrase_prompts()  # esd_sd.py --prompt: the concept's name
+    c_f = encode_prompts(pipe, prompts)  # (P, T, D)
     c_null = encode_prompts(pipe, [""])  # (1, T, D)
 
     with frozen_unet(unet):
@@ -114,7 +117,7 @@ def erase_esd(pipe, concept: Concept | str | dict, config: EsdConfig | None = No
         bar = tqdm(range(config.iterations), desc=f"esd {concept.name}", disable=not progress)
         loss_value = None
         for it in bar:
-            fi = torch.randint(0, len(concept.forget), (config.batch_size,), generator=g)
+            fi = torch.randint(0, len(prompts), (config.batch_size,), generator=g)
             stop = int(torch.randint(0, config.sample_steps, (1,), generator=g))  # run_till_timestep
             scheduler.set_timesteps(config.sample_steps, device=c_f.device)
             x_t = partial_sample(pipe, scheduler, c_f[fi], c_null, stop, guidance=config.sample_guidance, generator=g)

@@ -38,7 +38,7 @@ TOKENS = ("last", "last_to_end")
 
 @dataclass
 class UceConfig(DenseExportSettings):
-    """Settings of UCE; defaults from ``uce_sd_erase.py``.
+    """Settings of UCE; defaults from ``uce_sd_erase.py``, except the token rule (the paper's).
 
     >>> UceConfig().lamb
     0.5
@@ -49,10 +49,11 @@ class UceConfig(DenseExportSettings):
     preserve_scale: float = setting(1.0, "UCE: weight s_p of the preserved (retain) concepts")
     lamb: float = setting(0.5, "UCE: regulariser λ towards the original weights")  # uce_sd_erase.py --lamb 0.5
     with_to_k: bool = setting(True, "UCE: edit to_k as well as to_v")  # both codes do by default
-    # Which token embeddings stand for a prompt: "last" = its last word token (uce_sd_erase.py);
-    # "last_to_end" = that token, the end token and the padding after it, aligned between a forget
-    # prompt and its anchor (train_erase.py). Retain prompts use the same selection.
-    tokens: str = setting("last", "UCE: which token embeddings stand for a prompt", choices=TOKENS)
+    # Which token embeddings stand for a prompt: "last_to_end" = the last word token, the end token
+    # and the padding after it, aligned between a forget prompt and its anchor (the paper's rule,
+    # train_erase.py); "last" = the last word token only (the 2024 script uce_sd_erase.py).
+    # Retain prompts use the same selection.
+    tokens: str = setting("last_to_end", "UCE: which token embeddings stand for a prompt", choices=TOKENS)
     # the concept's retain prompts are UCE's preserve concepts
     use_retain: bool = setting(True, "UCE: use the retain prompts as preserved concepts")
     # LoRA export (dense.py); ΔW is low-rank, so this is exact in practice.
