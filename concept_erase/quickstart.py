@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import world
 from ._io import atomic_write_json, atomic_write_text, check_output_dir, safe_filename, save_image_atomic
+from .bench.protocol import HEADLINE, eval_prompts
 from .concepts import load_preset
 from .evaluation.world import evaluate_sets
 from .loading import default_device
@@ -25,10 +26,10 @@ logger = logging.getLogger(__name__)
 
 def before_after_table(before: dict, after: dict, concept_name: str) -> str:
     rows = [
-        ("concept rate, forget prompts", "forget", "concept_rate", "lower is better"),
+        ("concept rate, held-out forget prompts", "forget", "concept_rate", "lower is better"),
         ("concept rate, paraphrases (synonyms, held-out templates)", "paraphrase", "concept_rate", "lower is better"),
         ("other attributes kept, forget prompts", "forget", "kept", "higher is better"),
-        ("accuracy, retain prompts", "retain", "accuracy", "higher is better"),
+        ("accuracy, held-out retain prompts", "retain", "accuracy", "higher is better"),
     ]
     lines = [f"| metric | base | {concept_name} | |", "|---|---:|---:|---|"]
     for label, split, key, note in rows:
@@ -57,9 +58,11 @@ def run_quickstart(out_dir: str | Path = "concept-erase-quickstart", preset: str
     erase_seconds = time.perf_counter() - t0
     path = adapter.save(out_dir / adapter_file)
 
-    before, imgs_before = evaluate_sets(pipe, classifier, concept, progress=progress, return_images=True)
+    # measured on prompts the erasure never saw (the benchmark's held-out prompts of the concept)
+    sets = eval_prompts(concept, HEADLINE) if concept.target else None
+    before, imgs_before = evaluate_sets(pipe, classifier, concept, progress=progress, return_images=True, sets=sets)
     pipe.load_unlearning_adapter(str(path))
-    after, imgs_after = evaluate_sets(pipe, classifier, concept, progress=progress, return_images=True)
+    after, imgs_after = evaluate_sets(pipe, classifier, concept, progress=progress, return_images=True, sets=sets)
 
     # picture: a few prompts of each kind, original | erased, same seeds
     picks = [(split, i) for split, k in (("forget", 6), ("paraphrase", 4), ("retain", 4)) if split in imgs_before

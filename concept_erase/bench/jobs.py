@@ -39,7 +39,7 @@ __all__ = ["base_job", "method_job", "tune_job", "fid_kid", "specificity", "ROBU
 
 ATTRIBUTES = ("colour", "shape", "background")
 # Fixed budgets of the robustness checks, the same for every method.
-ROBUSTNESS = dict(attack=dict(num_tokens=5, steps=20, noise_draws=2, max_prompts=3, images_per_prompt=2),
+ROBUSTNESS = dict(attack=dict(num_tokens=5, steps=20, noise_draws=2, max_prompts=3, images_per_prompt=4),
                   relearn=dict(steps=30, eval_every=10, learning_rate=1e-4, batch_size=8), relearn_images=16,
                   relearn_eval_prompts=8, membership_images=16)
 QUICK_ROBUSTNESS = dict(attack=dict(num_tokens=2, steps=3, noise_draws=1, max_prompts=1, images_per_prompt=1),
@@ -209,6 +209,7 @@ def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int]
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             paths[seed] = path
             pipe.load_unlearning_adapter(str(path), adapter_name="bench")
+            pipe.fuse_unlearning_adapter()  # no LoRA overhead while sampling (dense methods adapt every layer)
             try:
                 r = evaluate(pipe, model, concept, sets, seed)
             finally:
@@ -227,7 +228,9 @@ def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int]
             pipe.load_unlearning_adapter(str(paths[seeds[0]]), adapter_name="bench")
             try:
                 for s in curve_scales:
+                    pipe.unfuse_unlearning_adapter()
                     pipe.set_unlearning_scale(s, adapter_name="bench")
+                    pipe.fuse_unlearning_adapter()
                     r = evaluate(pipe, model, concept, csets, seeds[0])
                     points.append({"scale": s, **_metrics(r), "fid_kid": fid_kid(base_retain, r["retain_features"])})
             finally:

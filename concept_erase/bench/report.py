@@ -31,7 +31,7 @@ from .protocol import DEV_CONCEPTS, PROTOCOL_SEED
 from .stats import summarize
 
 __all__ = ["SCHEMA", "protocol_summary", "summarize_row", "add_ratios", "markdown", "plot_curves", "jsonable",
-           "FORGET_TARGET"]
+           "FORGET_TARGET", "render"]
 logger = logging.getLogger(__name__)
 
 SCHEMA = 1
@@ -236,3 +236,29 @@ def plot_curves(data: dict, concept: str, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def render(out_dir: str | Path) -> str:
+    """(Re)write ``bench.md`` and the curve figures from ``out_dir/bench.json``; returns the Markdown.
+
+    ``python -m concept_erase.bench.report DIR`` does the same from the command line.
+    """
+    import json
+
+    from .._io import atomic_write_json, atomic_write_text
+
+    out_dir = Path(out_dir)
+    data = json.loads((out_dir / "bench.json").read_text(encoding="utf-8"))
+    add_ratios(data)
+    atomic_write_json(out_dir / "bench.json", data)
+    text = markdown(data)
+    atomic_write_text(out_dir / "bench.md", text + "\n")
+    for c in data["protocol"]["test_concepts"]:
+        plot_curves(data, c, out_dir / f"curve-{c}.png")
+    return text
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(render(sys.argv[1] if len(sys.argv) > 1 else "bench"))

@@ -79,14 +79,17 @@ def erasure_metrics(classifier, images, prompts: list[str], target: dict) -> dic
 
 def evaluate_sets(pipe, classifier, concept: Concept, *, images_per_prompt: int = 1, seed: int = 0,
                   max_prompts: int | None = None, sampling: dict | None = None, progress: bool = False,
-                  return_images: bool = False):
+                  return_images: bool = False, sets: dict[str, list[str]] | None = None):
     """Generate every prompt set of ``concept`` with ``pipe`` (as it is now) and score it.
+
+    ``sets`` replaces the concept's own prompt lists (``{"forget": [...], "retain": [...]}``), e.g. the
+    held-out prompts of :func:`concept_erase.bench.protocol.eval_prompts`.
 
     >>> evaluate_sets(pipe, world.load_classifier(), load_preset("no-red"))["forget"]["concept_rate"]  # doctest: +SKIP
     """
     sampling = {**SAMPLING, **(sampling or {})}
     result, images_out = {}, {}
-    for name, prompts in prompt_sets(concept, max_prompts=max_prompts).items():
+    for name, prompts in (sets if sets is not None else prompt_sets(concept, max_prompts=max_prompts)).items():
         if not prompts:
             continue
         rows = [p for p in prompts for _ in range(images_per_prompt)]
