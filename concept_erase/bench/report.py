@@ -117,7 +117,7 @@ def markdown(data: dict) -> str:
     lines = [f"Seeds {seeds}; rates in %, mean [95% interval] over seeds and images; forget/paraphrase ↓, "
              "kept/retain/specificity ↑. Time = mean erase wall time (ratio to SEMU), memory = peak RSS of the "
              "run's process.", ""]
-    head = ("| concept | method | forget ↓ | paraphrase ↓ | kept ↑ | retain acc ↑ | specificity ↑ | FID ↓ | KID ×10³ ↓ "
+    head = ("| concept | method | forget ↓ | paraphrase ↓ | kept ↑ | retain acc ↑ | specificity ↑ | FID ↓ | KID ↓ "
             "| time s (×SEMU) | peak MiB | trainable |")
     for c in concepts:
         rows = [r for r in data["results"] if r["concept"] == c]
@@ -131,19 +131,19 @@ def markdown(data: dict) -> str:
             ratio = f" (×{r['time_ratio_to_semu']:.2f})" if r.get("time_ratio_to_semu") is not None else ""
             spec = _pct(s["specificity"]) if "specificity" in s else "–"
             lines.append(f"| {c} | {r['method']} | {_pct(s['forget'])} | {_pct(s['paraphrase'])} | {_pct(s['kept'])} | "
-                         f"{_pct(s['retain'])} | {spec} | {fk['fid']:.2f} | {1e3 * fk['kid']:.1f} | "
+                         f"{_pct(s['retain'])} | {spec} | {fk['fid']:.2f} | {fk['kid']:.2f} | "
                          f"{r['seconds']:.1f}{ratio} | {_mib(r['peak_memory_mib'])} | "
                          f"{r['trainable_parameters']:,} ({r['trainable_fraction']:.2%}) |")
         lines.append("")
         lines.append(f"FID/KID: world-classifier features ({rows[0]['fid_kid']['feature_dim']}-d) on "
                      f"{rows[0]['fid_kid']['n']} retain images per model (pooled over seeds); KID on 100 subsets "
-                     "of half the images." + (" **Warning: not above the feature dimension.**"
+                     "of half the images (KID is unbiased: values at or below 0 mean no measurable difference)." + (" **Warning: not above the feature dimension.**"
                                               if "warning" in rows[0]["fid_kid"] else ""))
         lines.append("")
     # matched operating point
     lines += [f"**At a matched forget rate** (adapter scale swept {data['protocol']['curve_scales']}, seed 0; the "
               f"weakest scale whose forget rate is ≤ {FORGET_TARGET:.0%}):", "",
-              "| concept | method | scale | forget | paraphrase | retain acc | KID ×10³ (FID) | time s | peak MiB |",
+              "| concept | method | scale | forget | paraphrase | retain acc | KID (FID) | time s | peak MiB |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in data["results"]:
         p = matched_point(r.get("curve", []))
@@ -157,7 +157,7 @@ def markdown(data: dict) -> str:
             fk = p["fid_kid"]
             lines.append(f"| {r['concept']} | {r['method']} | {p['scale']} | {100 * p['forget']['concept_rate']:.0f} | "
                          f"{100 * p['paraphrase']['concept_rate']:.0f} | {100 * p['retain']['accuracy']:.0f} | "
-                         f"{1e3 * fk['kid']:.1f} ({fk['fid']:.1f}) | {r['seconds']:.1f} | {_mib(r['peak_memory_mib'])} |")
+                         f"{fk['kid']:.2f} ({fk['fid']:.1f}) | {r['seconds']:.1f} | {_mib(r['peak_memory_mib'])} |")
     n_curve = next((r["curve"][0]["fid_kid"]["n"] for r in data["results"] if r.get("curve")), None)
     if n_curve:
         lines.append(f"\nRates here are single-seed, on {data['protocol']['curve_sizes']} held-out prompts; KID/FID on "
@@ -183,7 +183,7 @@ def markdown(data: dict) -> str:
                   "| concept | variant | forget ↓ | paraphrase ↓ | retain acc ↑ | FID ↓ | time s | trainable |",
                   "|---|---|---|---|---|---|---|---|"]
         semu = {r["concept"]: r for r in data["results"] if r["method"] == "semu"}
-        for c in concepts:
+        for c in sorted({a["concept"] for a in data["ablations"]}, key=concepts.index):
             rows = ([("semu (γ = 1, tuned)", semu[c])] if c in semu else []) + \
                 [(a["variant"], a) for a in data["ablations"] if a["concept"] == c]
             for name, r in rows:
