@@ -18,6 +18,7 @@ __all__ = [
     "TrainingDivergedError",
     "MissingDependencyError",
     "OutputPathError",
+    "AdapterStateError",
 ]
 
 
@@ -67,3 +68,8 @@ class OutputPathError(ConceptEraseError, OSError):
 
     def __str__(self) -> str:  # OSError would format (errno, strerror) pairs
         return str(self.args[0]) if self.args else ""
+
+class AdapterStateError(ConceptEraseError, RuntimeError):
+    """The pipeline's adapters were changed behind concept-erase's back (diffusers' own ``fuse_lora``,
+    ``set_adapters``, ``disable_lora``, ...) in a way an unlearning call cannot undo exactly; the
+    message says what happened and what to call. Nothing was changed by the refused call."""

@@ -1,9 +1,12 @@
 """``pipe.load_unlearning_adapter(...)`` and friends: unlearning adapters on diffusers pipelines.
 
 Loading goes through diffusers' own ``load_lora_weights`` (PEFT), so adapters compose with each
-other and with ordinary LoRAs. concept-erase adds name resolution, validation before any weight is
-touched, per-adapter scales, and an exact ``unload``: weights changed by ``fuse`` are restored from
-a copy, so the base model comes back bit-for-bit.
+other and with ordinary LoRAs. concept-erase adds name resolution (files, directories, known names,
+hub repos with ``revision``/``subfolder``/``token``), validation before any weight is touched,
+per-adapter scales and an exact ``unload``: the weights of the layers an adapter changes are copied
+(to CPU) when it is loaded and written back when it is unloaded, so the base model comes back bit
+for bit, whatever was fused or unfused in between. Scales and fused layers are read from PEFT's
+layers, so diffusers' own LoRA calls on the same pipeline are seen (see :class:`UnlearningMixin`).
 
 ``import concept_erase`` attaches these methods to ``diffusers.DiffusionPipeline`` (and so to
 every pipeline object, existing ones included); nothing else happens at import time.
@@ -23,7 +26,8 @@ import torch
 from .adapter import UnlearningAdapter
 from .codebook import CodebookEdit, attach_codebook_, detach_codebook_, is_codebook_file, loaded_codebook
 from .concepts import list_presets
-from .errors import AdapterFormatError, InvalidConfigError, UnknownConceptError, WeightsNotFoundError
+from .errors import (AdapterFormatError, AdapterStateError, InvalidConfigError, UnknownConceptError,
+                     WeightsNotFoundError)
 
 __all__ = ["resolve_adapter", "adapter_home", "known_adapters", "UnlearningMixin", "install_pipeline_methods",
            "SHIPPED_ADAPTERS_DIR", "load_base", "is_world", "default_device", "adapter_key"]
@@ -96,6 +100,8 @@ def known_adapters() -> dict[str, Path]:
 
 
 def _from_directory(directory: Path, weight_name: str | None) -> Path:
+    if not directory.is_dir():
+        raise AdapterFormatError(f"{str(directory)!r} is not a directory (check `subfolder=`).")
     if weight_name:
         path = directory / weight_name
         if not path.is_file():
@@ -109,24 +115,35 @@ def _from_directory(directory: Path, weight_name: str | None) -> Path:
     return files[0]
 
 
-def resolve_adapter(name_or_path: str | os.PathLike, *, weight_name: str | None = None) -> Path:
+def resolve_adapter(name_or_path: str | os.PathLike, *, weight_name: str | None = None, subfolder: str | None = None,
+                    revision: str | None = None, token: str | bool | None = None) -> Path:
     """Find an adapter file: path → ``$CONCEPT_ERASE_HOME`` → shipped adapters → hub repo id.
+
+    ``weight_name`` and ``subfolder`` pick the file in a directory or hub repo (a repo or directory
+    holding one ``.safetensors`` file needs neither); ``revision`` (branch, tag or commit) and
+    ``token`` apply to hub repos. With ``HF_HUB_OFFLINE=1`` a hub repo is read from the local cache.
 
     >>> resolve_adapter("no-red").name
     'no-red.safetensors'
+    >>> resolve_adapter("someone/no-red", revision="v1.0", subfolder="sd15")  # doctest: +SKIP
+    PosixPath('.../models--someone--no-red/snapshots/<commit>/sd15/no-red.safetensors')
     """
     value = str(name_or_path)
     path = Path(value).expanduser()
+    hub_like = value.count("/") == 1 and not value.startswith((".", "/", "~")) and not path.suffix
+    if (revision is not None or token is not None) and (path.exists() or not hub_like):
+        raise InvalidConfigError(f"`revision`/`token` apply to hub repo ids ('owner/name'), but {value!r} is "
+                                 "not one; leave them out for a file, a directory or a known name.")
     if path.is_file():
         return path
     if path.is_dir():
-        return _from_directory(path, weight_name)
+        return _from_directory(path / subfolder if subfolder else path, weight_name)
     known = known_adapters()
     stem = value[: -len(".safetensors")] if value.endswith(".safetensors") else value
     if stem in known:
         return known[stem]
-    if value.count("/") == 1 and not value.startswith((".", "/")) and not path.suffix:
-        return _from_hub(value, weight_name)
+    if hub_like:
+        return _from_hub(value, weight_name, subfolder=subfolder, revision=revision, token=token)
     trainable = [p for p in list_presets() if p not in known]
     raise UnknownConceptError(
         f"Unknown unlearning adapter {value!r}: it is not a file, a directory, or a known name. Known names: "
@@ -135,27 +152,47 @@ def resolve_adapter(name_or_path: str | os.PathLike, *, weight_name: str | None 
     )
 
 
-def _from_hub(repo_id: str, weight_name: str | None) -> Path:
-    from huggingface_hub import hf_hub_download, list_repo_files
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "on", "true", "yes")
+
+
+def _from_hub(repo_id: str, weight_name: str | None, *, subfolder: str | None = None, revision: str | None = None,
+              token: str | bool | None = None) -> Path:
+    """The adapter file of a hub repo, through huggingface_hub's cache (offline: the cache only)."""
+    from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = _hub_offline()
+    folder = (subfolder or "").strip("/")
+    where = f"hub repo {repo_id!r}" + (f" (revision {revision!r})" if revision else "") + (
+        f", subfolder {folder!r}" if folder else "")
+    command = " ".join(["hf download", repo_id, *([f"{folder}/{weight_name}" if folder else weight_name]
+                                                   if weight_name else []),
+                        *([f"--revision {revision}"] if revision else [])])
     try:
         if weight_name is None:
-            if offline:
-                raise UnknownConceptError(
-                    f"{repo_id!r} looks like a hub repo id, but HF_HUB_OFFLINE is set and no `weight_name` was "
-                    "given, so the file cannot be found. Pass `weight_name=...` (if the file is cached) or go online."
-                )
-            files = [f for f in list_repo_files(repo_id) if f.endswith(".safetensors")]
+            if offline:  # the cached snapshot of the revision: its one .safetensors file, as for a directory
+                snapshot = Path(snapshot_download(repo_id, revision=revision, token=token, local_files_only=True))
+                return _from_directory(snapshot / folder if folder else snapshot, None)
+            prefix = f"{folder}/" if folder else ""
+            files = [f for f in list_repo_files(repo_id, revision=revision, token=token)
+                     if f.endswith(".safetensors") and f.startswith(prefix) and "/" not in f[len(prefix):]]
             if len(files) != 1:
-                raise AdapterFormatError(f"Hub repo {repo_id!r} has {len(files)} .safetensors files; pass `weight_name=`.")
-            weight_name = files[0]
-        return Path(hf_hub_download(repo_id, weight_name))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
+                raise AdapterFormatError(f"{where} has {len(files)} .safetensors files; pass `weight_name=`.")
+            weight_name = files[0][len(prefix):]
+        return Path(hf_hub_download(repo_id, weight_name, subfolder=folder or None, revision=revision, token=token,
+                                    local_files_only=offline))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         raise UnknownConceptError(
-            f"Could not get adapter {weight_name or '?'} from hub repo {repo_id!r}: {e.__class__.__name__}: {e}. "
-            "Check the id, the network, or download the file and pass its path."
+            f"Could not get adapter {weight_name or '(the .safetensors file)'} from {where}: it is not in the local "
+            f"Hugging Face cache and HF_HUB_OFFLINE is set ({e.__class__.__name__}). Download it while online with "
+            f"`{command}`, or pass the file's path."
+        ) from None
+    except (HfHubHTTPError, OSError) as e:
+        raise UnknownConceptError(
+            f"Could not get adapter {weight_name or '(the .safetensors file)'} from {where}: "
+            f"{e.__class__.__name__}: {str(e)[:300]}. Check the id, the revision, the token and the network; or "
+            f"download it with `{command}` and pass the file's path."
         ) from None
 
 
@@ -187,21 +224,34 @@ def adapter_key(name: str) -> str:
 
 
 class UnlearningMixin:
-    """Methods for any diffusers pipeline with a ``unet``; attached to ``DiffusionPipeline`` on import."""
+    """Methods for any diffusers pipeline with a ``unet``; attached to ``DiffusionPipeline`` on import.
+
+    One truth about what is loaded: scales and fused layers are read from PEFT's layers every time,
+    not from a copy of our own, so diffusers' calls on the same pipeline (``set_adapters``,
+    ``fuse_lora``, ``unfuse_lora``, ``disable_lora``, ``delete_adapters``, ``unload_lora_weights``)
+    are seen. When an adapter is loaded, the weights of the layers it changes are copied (to CPU);
+    unloading writes them back, so the base model returns bit for bit whatever was fused or
+    unfused in between, or an :class:`~concept_erase.errors.AdapterStateError` says why it cannot.
+    """
 
     def load_unlearning_adapter(self, name_or_path, *, adapter_name: str | None = None, scale: float = 1.0,
-                                weight_name: str | None = None) -> str:
+                                weight_name: str | None = None, subfolder: str | None = None,
+                                revision: str | None = None, token: str | bool | None = None) -> str:
         """Load an unlearning adapter (a name, a file, a directory or a hub repo id) and activate it
-        together with those already loaded. Returns the adapter name.
+        together with those already loaded. Returns the adapter name. ``weight_name``, ``subfolder``,
+        ``revision`` and ``token`` pick the file in a directory or hub repo (as in diffusers).
 
         >>> pipe.load_unlearning_adapter("no-red")  # doctest: +SKIP
         'no-red'
+        >>> pipe.load_unlearning_adapter("someone/no-red", revision="v1", subfolder="sd15")  # doctest: +SKIP
+        'red'
         """
         if isinstance(name_or_path, UnlearningAdapter):
             adapter = name_or_path
         else:
             edit = name_or_path if isinstance(name_or_path, CodebookEdit) else None
-            path = None if edit else resolve_adapter(name_or_path, weight_name=weight_name)
+            path = None if edit else resolve_adapter(name_or_path, weight_name=weight_name, subfolder=subfolder,
+                                                     revision=revision, token=token)
             if edit is not None or is_codebook_file(path):  # a codebook erasure (CodeUnlearn): not a LoRA
                 return attach_codebook_(self, edit or CodebookEdit.load(path), name=adapter_name, scale=scale)
             adapter = UnlearningAdapter.load(path)
@@ -211,128 +261,271 @@ class UnlearningMixin:
         adapter = adapter.resolve_kohya_names(self.unet)
         adapter.check_compatible(self.unet)  # before any weight is touched
         name = adapter_name or adapter.name
-        active = self._unlearning_state()
-        if name in active["scales"]:
+        state = self._sync_unlearning_state(refuse_baked=True)
+        if name in state["keys"]:
             raise AdapterFormatError(
                 f"An unlearning adapter named {name!r} is already loaded; pass another `adapter_name=` "
                 f"or unload it first with `pipe.unload_unlearning_adapter({name!r})`."
             )
-        if active["fused"]:
-            raise AdapterFormatError("Unfuse first (`pipe.unfuse_unlearning_adapter()`) before loading another adapter.")
+        self._refuse_fused_or_disabled("loading another adapter")
         key = adapter_key(name)
-        if key in (self.get_list_adapters().get("unet") or []):
+        if key in self._lora_keys():
             raise AdapterFormatError(f"The pipeline already holds a LoRA adapter named {key!r}; pass another "
                                      "`adapter_name=`.")
+        scales = self._lora_scales()  # diffusers activates only the new adapter: the others come back after
+        for module in adapter.modules:  # the exact weights this adapter will change, for an exact unload
+            if module not in state["originals"]:
+                layer = self.unet.get_submodule(module)
+                state["originals"][module] = _base_weight(layer).detach().to("cpu", copy=True)
+                state["merged_at_load"][module] = tuple(getattr(layer, "merged_adapters", ()))
         # diffusers takes (and may mutate) the dict: give it copies
         self.load_lora_weights({k: v.clone() for k, v in adapter.tensors.items()}, adapter_name=key)
-        active["keys"][name] = key
-        active["scales"][name] = float(scale)
-        active["metadata"][name] = adapter.metadata
-        self._apply_unlearning_scales()
+        state["keys"][name] = key
+        state["layers"][name] = list(adapter.modules)
+        state["metadata"][name] = adapter.metadata
+        self._set_lora_scales({**scales, key: float(scale)})
         return name
 
     def set_unlearning_scale(self, scale: float | dict[str, float], adapter_name: str | None = None) -> None:
         """Set the erasure strength: one number for every adapter (or ``adapter_name``), or a dict."""
         book = loaded_codebook(self)
         if book is not None and not isinstance(scale, dict) and adapter_name in (None, book["name"]):
-            book["scale"] = float(scale)  # a codebook edit: ĥ + scale·(ĥ_edit − ĥ)
-            if adapter_name is not None or not self._unlearning_state()["scales"]:
+            book["scale"] = _check_scale(scale)  # a codebook edit: ĥ + scale·(ĥ_edit − ĥ)
+            if adapter_name is not None or not self._unlearning_state()["keys"]:
                 return
-        active = self._unlearning_state()
-        if active["fused"]:  # checked first: a refused call changes nothing
-            raise AdapterFormatError("The adapters are fused; unfuse them before changing the scale.")
-        if isinstance(scale, dict):
-            unknown = set(scale) - set(active["scales"])
-            if unknown:
-                raise UnknownConceptError(f"No unlearning adapter named {sorted(unknown)}; loaded: {list(active['scales'])}.")
-            active["scales"].update({k: _check_scale(v) for k, v in scale.items()})
-        else:
-            value = _check_scale(scale)
-            names = [adapter_name] if adapter_name else list(active["scales"])
-            for n in names:
-                if n not in active["scales"]:
-                    raise UnknownConceptError(f"No unlearning adapter named {n!r}; loaded: {list(active['scales'])}.")
-            active["scales"].update(dict.fromkeys(names, value))
-        self._apply_unlearning_scales()
+        state = self._sync_unlearning_state(refuse_baked=True)
+        loaded = list(state["keys"])
+        wanted = dict(scale) if isinstance(scale, dict) else dict.fromkeys([adapter_name] if adapter_name else loaded,
+                                                                             scale)
+        unknown = sorted(set(wanted) - set(loaded))
+        if unknown:
+            raise UnknownConceptError(f"No unlearning adapter named {', '.join(map(repr, unknown))}; loaded: {loaded}.")
+        wanted = {n: _check_scale(v) for n, v in wanted.items()}
+        self._refuse_fused_or_disabled("changing the scale")  # checked first: a refused call changes nothing
+        self._set_lora_scales({**self._lora_scales(), **{state["keys"][n]: v for n, v in wanted.items()}})
 
     @property
     def unlearning_adapters(self) -> dict[str, float]:
-        """Loaded unlearning adapters and their scales."""
+        """Loaded unlearning adapters and the scales in effect, read from PEFT's layers: 0.0 for an
+        adapter that ``set_adapters`` left out or ``disable_lora`` switched off; the fused scale for a
+        fused one (``fuse_lora(lora_scale=...)`` multiplies it)."""
+        state = self._sync_unlearning_state()
+        scales = self._lora_scales()
         book = loaded_codebook(self)
-        return {**self._unlearning_state()["scales"], **({book["name"]: book["scale"]} if book else {})}
+        return {**{n: scales.get(k, 0.0) for n, k in state["keys"].items() if n not in state["baked"]},
+                **({book["name"]: book["scale"]} if book else {})}
 
     def unlearning_metadata(self, adapter_name: str) -> dict:
-        return self._unlearning_state()["metadata"][adapter_name]
+        """The metadata of a loaded unlearning adapter (method, concept, config, ...)."""
+        state = self._sync_unlearning_state()
+        if adapter_name not in state["metadata"]:
+            raise UnknownConceptError(f"No unlearning adapter named {adapter_name!r}; loaded: {list(state['keys'])}.")
+        return state["metadata"][adapter_name]
 
     def fuse_unlearning_adapter(self) -> None:
         """Merge the active unlearning adapters into the UNet weights (no inference overhead)."""
-        active = self._unlearning_state()
-        if not active["scales"] or active["fused"]:
-            return
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        # keep the exact original weights of every layer that fusing will change
-        active["originals"] = {
-            name: module.get_base_layer().weight.detach().clone()
-            for name, module in self.unet.named_modules()
-            if isinstance(module, BaseTunerLayer) and set(module.active_adapters) & set(active["keys"].values())
-        }
-        self.fuse_lora(components=["unet"], adapter_names=list(active["keys"].values()), lora_scale=1.0)
-        active["fused"] = True
+        state = self._sync_unlearning_state(refuse_baked=True)
+        keys = list(state["keys"].values())
+        merged = self._merged_keys()
+        if not keys or (merged and set(keys) <= merged):
+            return  # nothing loaded, or every one is fused already (here or by `pipe.fuse_lora()`)
+        self._refuse_fused_or_disabled("fusing")
+        # PEFT merges an adapter at its stored scale even when `set_adapters` left it out: activate
+        # every one at the scale in effect first, so the fused model is the unfused one
+        scales = self._lora_scales()
+        self._set_lora_scales(scales)
+        self.fuse_lora(components=["unet"], adapter_names=keys, lora_scale=1.0)
 
     def unfuse_unlearning_adapter(self) -> None:
-        """Undo :meth:`fuse_unlearning_adapter`, restoring the original weights exactly."""
-        active = self._unlearning_state()
-        if not active["fused"]:
-            return
-        self.unfuse_lora(components=["unet"])
-        modules = dict(self.unet.named_modules())
-        with torch.no_grad():
-            for name, weight in active.pop("originals", {}).items():
-                modules[name].get_base_layer().weight.copy_(weight)
-        active["fused"] = False
+        """Undo a fuse of the unlearning adapters (this package's or ``pipe.fuse_lora()``), restoring
+        the layers' weights exactly."""
+        self._sync_unlearning_state()
+        layers = self._fused_unlearning_layers()
+        if layers:
+            self._restore_layers_(layers)
 
     def unload_unlearning_adapter(self, adapter_name: str | None = None) -> None:
-        """Remove one unlearning adapter (or all): the base weights come back bit-for-bit."""
+        """Remove one unlearning adapter (or all): the base weights come back bit-for-bit.
+
+        Any unlearning adapter still fused is unfused first. Refused with
+        :class:`~concept_erase.errors.AdapterStateError`, changing nothing, when another LoRA was fused
+        into the same layers since (restoring them would undo it too): ``pipe.unfuse_lora()`` first."""
         book = loaded_codebook(self)
         if book is not None and adapter_name in (None, book["name"]):
             detach_codebook_(self)  # a codebook edit: the hook goes, no weight was ever touched
-            if adapter_name is not None or not self._unlearning_state()["scales"]:
+            if adapter_name is not None or not self._unlearning_state()["keys"]:
                 return
-        active = self._unlearning_state()
-        names = [adapter_name] if adapter_name else list(active["scales"])
+        state = self._sync_unlearning_state()
+        names = [adapter_name] if adapter_name else list(state["keys"])
         for n in names:
-            if n not in active["scales"]:
-                raise UnknownConceptError(f"No unlearning adapter named {n!r}; loaded: {list(active['scales'])}.")
-        self.unfuse_unlearning_adapter()
-        self.delete_adapters([active["keys"][n] for n in names])
+            if n not in state["keys"]:
+                raise UnknownConceptError(f"No unlearning adapter named {n!r}; loaded: {list(state['keys'])}.")
+        layers = self._fused_unlearning_layers() | {m for n in names for m in state["layers"][n]}
+        self._check_restorable(sorted(layers))  # before any change
+        scales = self._lora_scales()
+        self._restore_layers_(sorted(layers))
+        present = self._lora_keys()
+        gone = [state["keys"][n] for n in names]
+        self.delete_adapters([k for k in gone if k in present])
         for n in names:
-            active["scales"].pop(n)
-            active["metadata"].pop(n)
-            active["keys"].pop(n)
-        if not self.get_list_adapters().get("unet"):
+            for mapping in (state["keys"], state["layers"], state["metadata"]):
+                mapping.pop(n)
+            state["baked"].discard(n)
+        still_used = {m for ms in state["layers"].values() for m in ms}
+        for m in list(state["originals"]):
+            if m not in still_used:
+                del state["originals"][m], state["merged_at_load"][m]
+        if not self._lora_keys():
             self.unload_lora_weights()  # no adapter left at all: take PEFT's wrappers out too
-        elif active["scales"]:
-            self._apply_unlearning_scales()
+        else:
+            self._set_lora_scales({k: v for k, v in scales.items() if k not in gone})
 
-    # ----- internals -----
+    # ----- internals: what PEFT's layers say -----
     def _unlearning_state(self) -> dict:
         state = self.__dict__.get("_concept_erase_state")
         if state is None:
-            state = {"scales": {}, "metadata": {}, "keys": {}, "fused": False}  # keys: name -> PEFT key
+            state = {
+                "keys": {},            # adapter name -> PEFT adapter key
+                "layers": {},          # adapter name -> UNet modules it changes
+                "metadata": {},        # adapter name -> its metadata
+                "originals": {},       # module -> its weight when the first adapter on it was loaded (CPU)
+                "merged_at_load": {},  # module -> LoRAs already fused into that weight then
+                "baked": set(),        # names diffusers removed while fused: their change is in the weights
+            }
             self.__dict__["_concept_erase_state"] = state
         return state
 
-    def _apply_unlearning_scales(self) -> None:
+    def _tuner_layers(self) -> dict:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return {n: m for n, m in self.unet.named_modules() if isinstance(m, BaseTunerLayer)}
+
+    def _lora_keys(self) -> set[str]:
+        return {k for m in self._tuner_layers().values() for k in getattr(m, "lora_A", {})}
+
+    def _lora_scales(self) -> dict[str, float]:
+        """Every LoRA adapter of the UNet that is in effect -> its scale, from PEFT's layers.
+
+        PEFT stores ``scaling = scale · lora_alpha / r``; an adapter left out by ``set_adapters`` or
+        switched off by ``disable_lora`` has scale 0. Our adapters are always listed (0.0 when off)."""
+        ours = set(self._unlearning_state()["keys"].values())
+        seen: dict[str, list[float]] = {}
+        for module in self._tuner_layers().values():
+            for key in getattr(module, "lora_A", {}):
+                on = not module.disable_adapters and key in module.active_adapters
+                if not on and key not in ours:
+                    continue
+                base = module.lora_alpha[key] / (math.sqrt(module.r[key]) if module.use_rslora.get(key) else module.r[key])
+                seen.setdefault(key, []).append(module.scaling[key] / base if on else 0.0)
+        out = {}
+        for key, values in seen.items():
+            if any(not math.isclose(v, values[0], rel_tol=1e-6, abs_tol=1e-9) for v in values):
+                logger.warning("LoRA adapter %r has different scales in different layers (%.4g to %.4g; set per "
+                               "block with `set_adapters`); reporting the first layer's.", key, min(values), max(values))
+            out[key] = float(f"{values[0]:.12g}")  # scaling / (alpha / r) is the scale up to a rounding
+        return out
+
+    def _set_lora_scales(self, scales: dict[str, float]) -> None:
+        if scales:
+            self.set_adapters(list(scales), [float(v) for v in scales.values()])
+
+    def _merged_keys(self) -> set[str]:
+        return {k for m in self._tuner_layers().values() for k in m.merged_adapters}
+
+    def _fused_unlearning_layers(self) -> set[str]:
+        """UNet modules into which one of our adapters is fused now."""
+        ours = set(self._unlearning_state()["keys"].values())
+        return {n for n, m in self._tuner_layers().items() if ours & set(m.merged_adapters)}
+
+    def _refuse_fused_or_disabled(self, doing: str) -> None:
         state = self._unlearning_state()
-        keys = [state["keys"][n] for n in state["scales"]]
-        others = [a for a in self.get_active_adapters() if a not in keys]  # keep the user's own LoRAs on
-        self.set_adapters(keys + others, list(state["scales"].values()) + [1.0] * len(others))
+        fused = sorted(n for n, k in state["keys"].items() if k in self._merged_keys())
+        if fused:
+            raise AdapterStateError(
+                f"Unlearning adapter(s) {fused} are fused into the UNet weights (by `pipe.fuse_unlearning_adapter()` "
+                f"or diffusers' `pipe.fuse_lora()`); {doing} needs them unfused. Call "
+                "`pipe.unfuse_unlearning_adapter()` first (it restores the weights exactly).")
+        if any(m.disable_adapters for m in self._tuner_layers().values()):
+            raise AdapterStateError(
+                f"The pipeline's LoRA layers are switched off by diffusers' `pipe.disable_lora()`, so {doing} would "
+                "have no effect. Call `pipe.enable_lora()` first.")
+
+    def _sync_unlearning_state(self, *, refuse_baked: bool = False) -> dict:
+        """Forget adapters that diffusers removed (``delete_adapters``, ``unload_lora_weights``) and
+        left no trace of; mark those it removed while fused (their change stays in the weights)."""
+        state = self._unlearning_state()
+        present = self._lora_keys()
+        for name, key in list(state["keys"].items()):
+            if key in present or name in state["baked"]:
+                continue
+            if all(_same_weight(self.unet.get_submodule(m), state["originals"][m]) for m in state["layers"][name]):
+                logger.info("Unlearning adapter %r was removed by diffusers; forgetting it.", name)
+                for mapping in (state["keys"], state["layers"], state["metadata"]):
+                    mapping.pop(name)
+                still_used = {m for ms in state["layers"].values() for m in ms}
+                for m in list(state["originals"]):
+                    if m not in still_used:
+                        del state["originals"][m], state["merged_at_load"][m]
+            else:
+                state["baked"].add(name)
+        if state["baked"]:
+            names = sorted(state["baked"])
+            message = (
+                f"Unlearning adapter(s) {names} were removed by diffusers (`pipe.unload_lora_weights()` or "
+                "`pipe.delete_adapters()`) while fused, so their change stays in the UNet weights. Call "
+                f"`pipe.unload_unlearning_adapter({names[0]!r})` to restore the weights they were loaded on, bit for "
+                "bit.")
+            if refuse_baked:
+                raise AdapterStateError(message)
+            logger.warning(message)
+        return state
+
+    def _check_restorable(self, layers) -> None:
+        """Raise if writing back the saved weights of ``layers`` would undo a LoRA fused since."""
+        state = self._unlearning_state()
+        ours = set(state["keys"].values())
+        for name in layers:
+            module = self.unet.get_submodule(name)
+            now = {k for k in getattr(module, "merged_adapters", ()) if k not in ours}
+            then = set(state["merged_at_load"][name])
+            if now != then:
+                raise AdapterStateError(
+                    f"Layer {name!r} has LoRA(s) {sorted(now) or 'none'} fused into it, but had {sorted(then) or 'none'} "
+                    "when the unlearning adapter was loaded (diffusers' `pipe.fuse_lora()` / `pipe.unfuse_lora()` "
+                    "since). Restoring the layer exactly would change those too: return them to how they were "
+                    "(usually `pipe.unfuse_lora(components=['unet'])`) and call this again. Nothing was changed.")
+
+    def _restore_layers_(self, layers) -> None:
+        """Write back the saved weights of ``layers``: our adapters are no longer fused there."""
+        state = self._unlearning_state()
+        self._check_restorable(layers)
+        ours = set(state["keys"].values())
+        with torch.no_grad():
+            for name in layers:
+                module = self.unet.get_submodule(name)
+                weight = _base_weight(module)
+                weight.copy_(state["originals"][name].to(device=weight.device, dtype=weight.dtype))
+                if hasattr(module, "merged_adapters"):
+                    module.merged_adapters = [k for k in module.merged_adapters if k not in ours]
+        if hasattr(self, "_merged_adapters"):  # diffusers' record of fused LoRAs (`pipe.fused_loras`)
+            self._merged_adapters = set(self._merged_adapters) - (ours - self._merged_keys())
+
+
+def _base_weight(module: torch.nn.Module) -> torch.Tensor:
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    return base.weight
+
+
+def _same_weight(module: torch.nn.Module, original: torch.Tensor) -> bool:
+    weight = _base_weight(module).detach()
+    return torch.equal(original.to(dtype=weight.dtype), weight.cpu())
 
 
 _METHODS = ("load_unlearning_adapter", "set_unlearning_scale", "unlearning_adapters", "unlearning_metadata",
             "fuse_unlearning_adapter", "unfuse_unlearning_adapter", "unload_unlearning_adapter",
-            "_unlearning_state", "_apply_unlearning_scales")
+            "_unlearning_state", "_tuner_layers", "_lora_keys", "_lora_scales", "_set_lora_scales", "_merged_keys",
+            "_fused_unlearning_layers", "_refuse_fused_or_disabled", "_sync_unlearning_state", "_check_restorable",
+            "_restore_layers_")
 
 
 def install_pipeline_methods(pipeline_class: type | None = None) -> None:
