@@ -178,7 +178,7 @@ def run_bench(out_dir: str | Path = "bench", *, quick: bool = False, methods=MET
 
     base = {}
     for c in tqdm(concepts, desc="bench: base model", disable=not progress):
-        base[c] = _run(jobs.base_job, c, seeds, sizes)
+        base[c] = _run(jobs.base_job, c, seeds, sizes, curve_sizes=curve_sizes, robustness=budget if robustness else None)
         data["base"][c] = {"sets": base[c]["sets"],
                            "per_seed": {s: v["metrics"] for s, v in base[c]["per_seed"].items()}}
     work = [("method", m, c, configs[m]) for c in concepts for m in methods]

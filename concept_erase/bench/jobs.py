@@ -1,12 +1,13 @@
 """The benchmark's units of work, each run in a fresh spawned process (so its peak memory is its own).
 
-- :func:`base_job`: the base model on a concept's held-out prompts, per seed;
+- :func:`base_job`: the base model on a concept's held-out prompts, per seed, and the base-model side
+  of the curve and the robustness checks (made once per concept, not once per method);
 - :func:`method_job`: one method (at one configuration) on one concept: per seed erase, evaluate and
   compare with the base model's images at the same seeds; optionally the trade-off curve and the
   robustness checks at seed 0;
 - :func:`tune_job`: one method's search configurations on one dev concept.
 
-Every result is plain data (numbers, lists) so it pickles back to the parent process.
+Every result is plain data (numbers, lists, arrays, CPU tensors) so it pickles back to the parent process.
 """
 
 from __future__ import annotations
@@ -108,8 +109,12 @@ def _metrics(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("retain_features", "retain_attributes")}
 
 
-def base_job(concept_name: str, seeds: list[int], sizes: dict) -> dict:
-    """The base model on ``concept_name``'s held-out prompts at every seed."""
+def base_job(concept_name: str, seeds: list[int], sizes: dict, *, curve_sizes: dict | None = None,
+             robustness: dict | None = None) -> dict:
+    """The base model on ``concept_name``'s held-out prompts at every seed; with ``curve_sizes`` also
+    its retain features at the curve's sizes (seed ``seeds[0]``), and with ``robustness`` the base-side
+    data of the robustness checks. Both are the same for every method, so they are made once per
+    concept and handed to each :func:`method_job`."""
     pipe, model = _load()
     concept = load_preset(concept_name)
     sets = eval_prompts(concept, EvalSizes(**sizes))
@@ -118,7 +123,17 @@ def base_job(concept_name: str, seeds: list[int], sizes: dict) -> dict:
         r = evaluate(pipe, model, concept, sets, seed)
         per_seed[seed] = {"metrics": _metrics(r), "retain_features": r["retain_features"],
                           "retain_attributes": r["retain_attributes"]}
-    return {"concept": concept_name, "sets": sets, "per_seed": per_seed}
+    out = {"concept": concept_name, "sets": sets, "per_seed": per_seed}
+    if curve_sizes is not None:
+        if curve_sizes == sizes:
+            out["curve_retain_features"] = per_seed[seeds[0]]["retain_features"]
+        else:
+            csets = eval_prompts(concept, EvalSizes(**curve_sizes))
+            out["curve_retain_features"] = evaluate(pipe, model, concept, {"retain": csets["retain"]},
+                                                    seeds[0])["retain_features"]
+    if robustness is not None:
+        out["robustness"] = _robustness_base(pipe, model, concept, sets, robustness)
+    return out
 
 
 def _seeded(method: str, overrides: dict, seed: int) -> dict:
@@ -140,15 +155,13 @@ def _erase(pipe, method: str, concept, overrides: dict, seed: int, directory: Pa
     return path, info
 
 
-def _robustness(pipe, model, concept, sets, path, budget: dict) -> dict:
-    """Adversarial prompts, relearning and membership inference against the adapter at ``path``
-    (the base-side data is made with the plain base model first)."""
+def _robustness_base(pipe, model, concept, sets, budget: dict) -> dict:
+    """The base-model side of the robustness checks: the attack's starting latents, the relearning
+    data and the concept's base rate, and the membership sets with the base model's AUC."""
     clf = concept_classifier(model)
-    target = target_name(concept.target)
-    idx = clf.concept_indices(target)
+    idx = clf.concept_indices(target_name(concept.target))
     data = dict(seed=0, steps=world.SAMPLING["num_inference_steps"], guidance=world.SAMPLING["guidance_scale"])
-    attack_cfg = AttackConfig(**budget["attack"])
-    attack_prompts = sets["forget"][: attack_cfg.max_prompts]
+    attack_prompts = sets["forget"][: AttackConfig(**budget["attack"]).max_prompts]
     with torch.no_grad():
         x_attack, _, _ = prompt_latents(pipe, attack_prompts, len(attack_prompts), offset=7_000_000, **data)
         x_re, re_idx, re_emb = prompt_latents(pipe, sets["forget"], budget["relearn_images"], offset=8_000_000, **data)
@@ -161,30 +174,45 @@ def _robustness(pipe, model, concept, sets, path, budget: dict) -> dict:
         x_in, in_idx, emb = prompt_latents(pipe, concept.forget, n, offset=0, **data)
         x_out, _, _ = prompt_latents(pipe, concept.forget, n, offset=10_000_000, **data)
     members, nonmembers = (x_in, emb[in_idx]), (x_out, emb[in_idx])
-    base_auc = membership_auc(pipe, members, nonmembers)["auc"]
+    return {"attack_prompts": attack_prompts, "x_attack": x_attack, "relearn_latents": x_re,
+            "relearn_embeddings": re_emb[re_idx], "relearn_eval_prompts": eval_p, "relearn_eval_seeds": eval_s,
+            "relearn_base_rate": base_rate, "members": members, "nonmembers": nonmembers,
+            "membership_auc_base": membership_auc(pipe, members, nonmembers)["auc"], "membership_images": n}
+
+
+def _robustness(pipe, model, concept, path, budget: dict, b: dict) -> dict:
+    """Adversarial prompts, relearning and membership inference against the adapter at ``path``;
+    ``b`` is :func:`_robustness_base`'s data for the concept at the same ``budget``."""
+    clf = concept_classifier(model)
+    target = target_name(concept.target)
+    attack_cfg = AttackConfig(**budget["attack"])
+    attack_prompts = b["attack_prompts"]
     pipe.load_unlearning_adapter(str(path), adapter_name="bench")
     try:
-        attack = adversarial_attack(pipe, clf, attack_prompts, [x_attack[i : i + 1] for i in range(len(attack_prompts))],
+        attack = adversarial_attack(pipe, clf, attack_prompts, [b["x_attack"][i : i + 1] for i in range(len(attack_prompts))],
                                     target, config=attack_cfg, call_kwargs=dict(world.SAMPLING))
-        relearn = relearning_attack(pipe, clf, x_re, re_emb[re_idx], eval_p, eval_s, target, base_rate=base_rate,
+        relearn = relearning_attack(pipe, clf, b["relearn_latents"], b["relearn_embeddings"], b["relearn_eval_prompts"],
+                                    b["relearn_eval_seeds"], target, base_rate=b["relearn_base_rate"],
                                     config=RelearnConfig(**budget["relearn"]), call_kwargs=dict(world.SAMPLING))
-        mia = membership_auc(pipe, members, nonmembers)
+        mia = membership_auc(pipe, b["members"], b["nonmembers"])
     finally:
         pipe.unload_unlearning_adapter("bench")
     return {
         "attack_success_rate": attack["asr"], "attack_success_no_attack": attack["asr_no_attack"],
         "attack_prompts": attack["n_prompts"], "attack_settings": attack["settings"],
         "relearn_steps_to_recover": relearn["steps_to_recover"], "relearn_curve": relearn["curve"],
-        "relearn_base_rate": base_rate, "relearn_settings": relearn["settings"],
+        "relearn_base_rate": b["relearn_base_rate"], "relearn_settings": relearn["settings"],
         "relearn_max_steps": relearn["settings"]["steps"],
-        "membership_auc": mia["auc"], "membership_auc_base": base_auc, "membership_images": n,
+        "membership_auc": mia["auc"], "membership_auc_base": b["membership_auc_base"],
+        "membership_images": b["membership_images"],
     }
 
 
 def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int], sizes: dict, base: dict, *,
                curve_scales: tuple = (), curve_sizes: dict | None = None, robustness: dict | None = None) -> dict:
     """``method`` at ``overrides`` on ``concept_name`` for every seed, compared with ``base`` (a
-    :func:`base_job` result at the same sizes and seeds)."""
+    :func:`base_job` result at the same sizes and seeds, made with the same ``curve_sizes`` and
+    ``robustness`` budget when those are given)."""
     pipe, model = _load()
     concept = load_preset(concept_name)
     sets = eval_prompts(concept, EvalSizes(**sizes))
@@ -223,7 +251,7 @@ def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int]
                    retain_features=np.concatenate(features))
         if curve_scales:
             csets = eval_prompts(concept, EvalSizes(**curve_sizes))
-            base_retain = evaluate(pipe, model, concept, {"retain": csets["retain"]}, seeds[0])["retain_features"]
+            base_retain = base["curve_retain_features"]
             points = []
             pipe.load_unlearning_adapter(str(paths[seeds[0]]), adapter_name="bench")
             try:
@@ -238,7 +266,7 @@ def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int]
             row["curve"] = points
             lap("curve")
         if robustness is not None:
-            row["robustness"] = _robustness(pipe, model, concept, sets, paths[seeds[0]], robustness)
+            row["robustness"] = _robustness(pipe, model, concept, paths[seeds[0]], robustness, base["robustness"])
             lap("robustness")
     row["phase_seconds"] = phases
     return row
