@@ -242,6 +242,8 @@ def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int]
                 r = evaluate(pipe, model, concept, sets, seed)
             finally:
                 pipe.unload_unlearning_adapter("bench")
+            if seed == seeds[0]:
+                first = r
             b = base["per_seed"][seed]
             spec = specificity(sets["retain"], r["retain_attributes"], b["retain_attributes"])
             features.append(r["retain_features"])
@@ -256,10 +258,13 @@ def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int]
             pipe.load_unlearning_adapter(str(paths[seeds[0]]), adapter_name="bench")
             try:
                 for s in curve_scales:
-                    pipe.unfuse_unlearning_adapter()
-                    pipe.set_unlearning_scale(s, adapter_name="bench")
-                    pipe.fuse_unlearning_adapter()
-                    r = evaluate(pipe, model, concept, csets, seeds[0])
+                    if s == 1.0 and curve_sizes == sizes:  # the seed's own evaluation: same prompts, seeds, scale
+                        r = first
+                    else:
+                        pipe.unfuse_unlearning_adapter()
+                        pipe.set_unlearning_scale(s, adapter_name="bench")
+                        pipe.fuse_unlearning_adapter()
+                        r = evaluate(pipe, model, concept, csets, seeds[0])
                     points.append({"scale": s, **_metrics(r), "fid_kid": fid_kid(base_retain, r["retain_features"])})
             finally:
                 pipe.unload_unlearning_adapter("bench")
