@@ -259,7 +259,7 @@ def test_clip_classifier_with_a_tiny_local_checkpoint(tmp_path):
     scores = clf.score(torch.rand(3, 3, 40, 40))
     assert scores.shape == (3, 2) and np.allclose(scores.sum(1), 1, atol=1e-5)
     assert clf.detected(scores).sum(1).tolist() == [1, 1, 1]
-    with pytest.raises(WeightsNotFoundError, match="huggingface-cli download"):
+    with pytest.raises(WeightsNotFoundError, match="hf download openai/clip-vit-large-patch14"):
         load_classifier("clip", model=str(tmp_path / "nothing"), labels=["a", "b"])
     with pytest.raises(InvalidConfigError, match="at least two"):
         load_classifier("clip", model=str(tmp_path / "clip"), labels=["a red circle"])
@@ -313,8 +313,10 @@ def test_engines_agree_on_different_folders(tmp_path):
     tf = folder_metrics(a, b, features=TinyFeatures(), engine="torch-fidelity")
     assert tm["fid"] > 0.01
     assert tm["fid"] == pytest.approx(tf["fid"], rel=0.01)
-    # KID with subsets as large as the sets: every subset is the whole set, so the engines agree too
-    assert tm["kid_mean"] == pytest.approx(tf["kid_mean"], rel=0.01, abs=1e-6)
+    # KID: the same subset rule (100 subsets of 15 of the 30), drawn by each library's own generator
+    assert tm["kid_subsets"] == tf["kid_subsets"] == 100 and tm["kid_subset_size"] == tf["kid_subset_size"] == 15
+    assert tm["kid_std"] > 0 and tf["kid_std"] > 0
+    assert tm["kid_mean"] == pytest.approx(tf["kid_mean"], abs=max(tm["kid_std"], tf["kid_std"]) / 2)
 
 
 @needs_world
@@ -363,6 +365,54 @@ def test_inception_weights_missing_names_the_file_and_place(tmp_path, monkeypatc
     fake.write_bytes(b"not the weights")
     with pytest.raises(WeightsNotFoundError, match="SHA-256"):
         feature_extractor("inception", inception_weights=fake)
+
+
+def test_kid_subsets_are_half_the_smaller_set_and_their_spread_is_reported():
+    from concept_erase.evaluation.fid import FeatureStats, kid_subset_plan
+
+    g = torch.Generator().manual_seed(0)
+    stats = FeatureStats(8, kid=True)
+    stats.update(torch.randn(40, 8, generator=g), real=True)
+    stats.update(torch.randn(64, 8, generator=g) + 0.3, real=False)
+    out = stats.compute()
+    assert (out["kid_subsets"], out["kid_subset_size"]) == (100, 20)
+    assert out["kid_std"] > 0.05 * abs(out["kid_mean"]) and out["kid_mean"] > 0
+    assert stats.compute() == out  # seeded subsets: the same number again
+    assert kid_subset_plan(3, 50) == (1, 3) and kid_subset_plan(4, 50) == (100, 2)
+    tiny = FeatureStats(8)
+    tiny.update(torch.randn(3, 8, generator=g), real=True)
+    tiny.update(torch.randn(5, 8, generator=g), real=False)
+    with pytest.warns(UserWarning):
+        small = tiny.compute()
+    assert small["kid_std"] is None and (small["kid_subsets"], small["kid_subset_size"]) == (1, 3)
+
+
+def test_fewer_images_than_feature_dimensions_warns_once_and_is_recorded(tmp_path):
+    import warnings
+
+    from concept_erase.evaluation.fid import FeatureStats, folder_metrics
+
+    g = torch.Generator().manual_seed(0)
+    stats = FeatureStats(16)
+    stats.update(torch.randn(12, 16, generator=g), real=True)
+    stats.update(torch.randn(10, 16, generator=g), real=False)
+    with pytest.warns(UserWarning) as caught:
+        out = stats.compute()
+    messages = [str(w.message) for w in caught if "feature dimensions" in str(w.message)]
+    assert messages == [out["warning"]]  # one warning, the text recorded in the result
+    assert "12 reference and 10 generated images with 16-dimensional features" in out["warning"]
+    assert out["n_real"] == 12 and out["n_fake"] == 10 and out["feature_dim"] == 16
+    enough = FeatureStats(16)
+    enough.update(torch.randn(17, 16, generator=g), real=True)
+    enough.update(torch.randn(17, 16, generator=g), real=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "warning" not in enough.compute()
+    # torch-fidelity's engine warns and records the same
+    a, b = _write_images(tmp_path / "a", 8, seed=0), _write_images(tmp_path / "b", 8, seed=1)
+    with pytest.warns(UserWarning, match="8 reference and 8 generated images with 16-dimensional"):
+        tf = folder_metrics(a, b, features=TinyFeatures(), engine="torch-fidelity")
+    assert tf["feature_dim"] == 16 and "16-dimensional" in tf["warning"]
 
 
 def test_fid_needs_two_images():
@@ -506,7 +556,9 @@ def test_evaluate_end_to_end_and_resume(eval_setup, tmp_path):
     forget = saved["results"]["red"]["splits"]["forget"]
     assert forget["n"] == 4 and 0 <= forget["concept_rate"] <= 1
     fid = saved["results"]["red"]["fid_vs_base"]["retain"]
-    assert fid["n_real"] == fid["n_fake"] == 4 and fid["fid"] >= 0
+    assert fid["n_real"] == fid["n_fake"] == 4 and fid["fid"] >= 0 and fid["feature_dim"] == 16
+    assert "4 reference and 4 generated images with 16-dimensional features" in fid["warning"]
+    assert "no more images than the 16 feature dimensions" in (out / "report.md").read_text()
     assert "| red |" in (out / "report.md").read_text()
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())  # adapter fully removed
     # rerun: nothing generated again, the same numbers

@@ -10,6 +10,14 @@ Examples::
         --base runwayml/stable-diffusion-v1-5 --adapter no-nudity.safetensors \\
         --prompts i2p.csv --classifier nudenet --fid-ref coco-val-1k/ --images-per-prompt 1 --out eval-i2p
 
+    # CLIP score (prompt-image alignment) with a local checkpoint, fetched once where there is network:
+    #   hf download openai/clip-vit-large-patch14 --local-dir clip-vit-large-patch14
+    concept-erase eval --adapter no-red --prompts no-red --clip-model clip-vit-large-patch14 --out eval-no-red
+
+    # two processes on a machine without GPUs (`--cpu` alone starts one process unless MPI is set up)
+    accelerate launch --multi_gpu --num_processes 2 -m concept_erase.cli eval --adapter no-red --prompts no-red \\
+        --out eval-no-red
+
     # robustness: paraphrases, adversarial prompts, relearning, membership inference
     concept-erase eval --adapter no-red --prompts no-red --paraphrases --robustness --out eval-no-red
 
@@ -20,7 +28,8 @@ Writes into --out: images/<model>/<split>/*.png (rerun the same command to resum
 are never generated again), scores/<model>.csv (one line per image), report.json (every number,
 the settings and library versions), report.md, grid_<split>.png and metrics.png. Under
 `accelerate launch` the images are shared out between the processes, the metrics are reduced
-across them and the main process writes the report; the robustness attacks run on the main process.
+across them (the same numbers as one process) and the main process writes the report; the
+robustness attacks run on the main process.
 """
 
 from __future__ import annotations
@@ -68,7 +77,10 @@ def cmd_fid(args) -> int:
 def add_eval_parser(sub, help: str) -> None:
     from ..evaluation.config import EvalConfig
 
-    e = sub.add_parser("eval", help=help, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import plain_text
+
+    e = sub.add_parser("eval", help=help, description=plain_text(__doc__),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(e, EvalConfig)
     e.add_argument("--robustness", action="store_true", help="--attack, --relearn and --membership")
     e.add_argument("--quiet", action="store_true")

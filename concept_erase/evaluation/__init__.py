@@ -8,6 +8,7 @@ The command line is ``concept-erase eval`` (see ``concept-erase eval --help``).
 
 from .adversarial import AttackConfig, adversarial_attack
 from .classifiers import ClipClassifier, ConceptClassifier, NudeNetClassifier, WorldConceptClassifier, load_classifier
+from .clip_score import ClipScoreStats, load_clip
 from .config import EvalConfig
 from .evaluate import evaluate
 from .fid import FeatureStats, feature_extractor, folder_metrics
@@ -19,5 +20,5 @@ __all__ = [
     "evaluate", "EvalConfig", "ConceptClassifier", "WorldConceptClassifier", "NudeNetClassifier", "ClipClassifier",
     "load_classifier", "FeatureStats", "feature_extractor", "folder_metrics", "PromptRow", "load_prompts",
     "read_prompt_file", "AttackConfig", "adversarial_attack", "RelearnConfig", "relearning_attack", "auc",
-    "membership_auc",
+    "membership_auc", "ClipScoreStats", "load_clip",
 ]

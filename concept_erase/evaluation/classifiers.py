@@ -227,11 +227,6 @@ class NudeNetClassifier(ConceptClassifier):
 
 
 # ----------------------------------------------------------------------------- clip
-CLIP_HINT = (
-    "Download a CLIP checkpoint (safetensors) once, e.g. "
-    "`huggingface-cli download openai/clip-vit-large-patch14 --local-dir ~/models/clip-vit-large-patch14`, "
-    "and pass its directory with --clip-model DIR."
-)
 
 
 class ClipClassifier(ConceptClassifier):
@@ -242,23 +237,16 @@ class ClipClassifier(ConceptClassifier):
 
     def __init__(self, model: str | Path | None = None, labels: Sequence[str] = (), *, threshold: float | None = None,
                  device: str | torch.device = "cpu", template: str = "{}"):
-        if not model:
-            raise WeightsNotFoundError(f"The `clip` classifier needs a local CLIP checkpoint. {CLIP_HINT}")
-        path = Path(model).expanduser()
-        if not (path / "config.json").is_file():
-            raise WeightsNotFoundError(f"No CLIP checkpoint at {str(path)!r} (config.json missing). {CLIP_HINT}")
+        from .clip_score import check_clip_checkpoint, load_clip
+
+        check_clip_checkpoint(model)
         if len(labels) < 2:
             raise InvalidConfigError(
                 f"Zero-shot CLIP needs at least two --labels to choose between (the concept and what else an image "
                 f"may show), got {list(labels)!r}."
             )
-        from transformers import CLIPModel, CLIPProcessor
-
-        try:
-            self.model = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True).to(device).eval()
-            self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
-        except OSError as e:
-            raise WeightsNotFoundError(f"Could not load a CLIP checkpoint from {str(path)!r}: {e}. {CLIP_HINT}") from None
+        self.checkpoint = model
+        self.model, self.processor = load_clip(model, device)
         self.labels = tuple(labels)
         self.threshold = threshold
         self.device = device

@@ -11,6 +11,10 @@ Features are computed once per image and fed to torchmetrics' ``FrechetInception
 sums (memory flat in the number of images; multi-process reduction is a sum) and KID keeps the
 ``(N, D)`` features, never images. ``folder_metrics(..., engine="torch-fidelity")`` computes the same
 numbers with torch-fidelity's ``calculate_metrics`` and a registered feature extractor.
+
+Both engines draw KID's subsets by one rule (:func:`kid_subset_plan`: 100 subsets of at most half the
+smaller set, so ``kid_std`` measures something) and warn, and record in the result, when a side has
+no more images than the features have dimensions (:func:`sample_size_warning`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from ..world import load_classifier as load_world_classifier
 from .classifiers import import_object
 
 __all__ = ["feature_extractor", "feature_dim", "features_of", "InceptionFeatures", "WorldFeatures", "FeatureStats",
-           "folder_metrics", "fid_of_images", "module_device", "INCEPTION_FILE", "INCEPTION_URL", "inception_weights_path"]
+           "kid_subset_plan", "sample_size_warning", "KID_SUBSETS", "KID_SUBSET_SIZE", "folder_metrics", "fid_of_images",
+           "module_device", "INCEPTION_FILE", "INCEPTION_URL", "inception_weights_path"]
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -134,49 +139,103 @@ class _PassThrough(nn.Module):
 
 
 # ----------------------------------------------------------------------------- metrics
+KID_SUBSETS = 100  # torchmetrics' and torch-fidelity's default
+KID_SUBSET_SIZE = 1000  # the cap of both libraries (Binkowski et al., "Demystifying MMD GANs", arXiv:1801.01401)
+
+
+def kid_subset_plan(n_real: int, n_fake: int, *, subsets: int = KID_SUBSETS,
+                subset_size: int = KID_SUBSET_SIZE) -> tuple[int, int]:
+    """``(subsets, subset_size)`` of KID on ``n_real`` and ``n_fake`` feature vectors.
+
+    Subsets hold at most half the smaller set (and at most ``subset_size``), so they differ from one
+    another and their spread (``kid_std``) says how much KID moves with the sample: subsets as large as
+    the set would all be the set itself, with a spread of 0. Below 4 images a side no two different
+    subsets of at least 2 exist: KID is then computed once on the whole sets (no spread).
+
+    >>> kid_subset_plan(5000, 5000), kid_subset_plan(40, 64), kid_subset_plan(3, 10)
+    ((100, 1000), (100, 20), (1, 3))
+    """
+    n = min(n_real, n_fake)
+    if n < 4:
+        return 1, n
+    return subsets, min(subset_size, n // 2)
+
+
+def sample_size_warning(n_real: int, n_fake: int, dim: int, *, what: str = "FID") -> str | None:
+    """The warning for FID/KID on no more images than feature dimensions (``None`` when there are more).
+
+    The covariance of ``n`` feature vectors has rank at most ``n - 1``: with ``n <= dim`` it is singular,
+    and FID (its matrix square root) is biased and not comparable with FID on more images. The warning
+    is issued once (a :class:`UserWarning`, by the main process) and returned, for the report."""
+    n = min(n_real, n_fake)
+    if n > dim:
+        return None
+    message = (f"{what} on {n_real} reference and {n_fake} generated images with {dim}-dimensional features: "
+               f"no more images than feature dimensions, so the covariance is singular and FID is unreliable "
+               f"(KID is unbiased at any size). Use more than {dim} images a side (published tables use 10k-30k), "
+               "or features of lower dimension.")
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return message
+
+
 class FeatureStats:
     """FID (and KID) between a fixed "real" set and any number of "fake" sets, fed with features.
 
     ``update(features, real=True)`` once for the reference, then for each model ``update(..., real=False)``,
-    ``compute()`` and ``reset_fake()``. The reference statistics are kept across resets.
+    ``compute()`` and ``reset_fake()``. The reference statistics are kept across resets. The states
+    live on ``device``: under several processes that must be the process's own device
+    (``Dist.device``), the one its process group gathers from (NCCL cannot gather CPU tensors).
+    KID's subsets follow :func:`kid_subset_plan`.
 
     >>> stats = FeatureStats(128)
     >>> stats.update(torch.randn(50, 128), real=True); stats.update(torch.randn(50, 128), real=False)
-    >>> sorted(stats.compute())
-    ['fid', 'kid_mean', 'kid_std', 'n_fake', 'n_real']
+    >>> sorted(stats.compute())  # doctest: +SKIP
+    ['feature_dim', 'fid', 'kid_mean', 'kid_std', 'kid_subset_size', 'kid_subsets', 'n_fake', 'n_real', 'warning']
     """
 
-    def __init__(self, num_features: int, *, kid: bool = True, kid_subsets: int = 100, kid_subset_size: int = 1000):
+    def __init__(self, num_features: int, *, kid: bool = True, kid_subsets: int = KID_SUBSETS,
+                 kid_subset_size: int = KID_SUBSET_SIZE, device: str | torch.device = "cpu"):
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        self.fid = FrechetInceptionDistance(feature=_PassThrough(num_features), reset_real_features=False)
+        self.num_features = num_features
+        self.device = torch.device(device)
+        self.fid = FrechetInceptionDistance(feature=_PassThrough(num_features), reset_real_features=False).to(self.device)
         with warnings.catch_warnings():  # "KID will save all extracted features": features, never images
             warnings.simplefilter("ignore", UserWarning)
             self.kid = (KernelInceptionDistance(feature=_PassThrough(num_features), subsets=kid_subsets,
-                                                subset_size=kid_subset_size, reset_real_features=False) if kid else None)
-        self.kid_subset_size = kid_subset_size
+                                                subset_size=kid_subset_size, reset_real_features=False).to(self.device)
+                        if kid else None)
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
 
     def update(self, features: torch.Tensor, *, real: bool) -> None:
-        features = features.detach().double().cpu()
+        features = features.detach().to(self.device, torch.float64)
         self.fid.update(features, real=real)
         if self.kid is not None:
             self.kid.update(features, real=real)
 
     def compute(self) -> dict[str, float]:
+        """``fid``, ``n_real``, ``n_fake``, ``feature_dim``, and ``warning`` when FID is unreliable
+        (:func:`sample_size_warning`); with KID also ``kid_mean``, ``kid_std`` (``None`` without
+        subsets), ``kid_subsets`` and ``kid_subset_size``. Every process must call it."""
         with self.fid.sync_context():  # the counts of every process (a no-op in a single process)
             n_real, n_fake = int(self.fid.real_features_num_samples), int(self.fid.fake_features_num_samples)
         if n_real < 2 or n_fake < 2:
             raise InvalidConfigError(f"FID needs at least 2 images a side, got {n_real} and {n_fake}; "
                                      "raise --images-per-prompt or add prompts.")
-        out = {"fid": float(self.fid.compute()), "n_real": n_real, "n_fake": n_fake}
+        out = {"fid": float(self.fid.compute()), "n_real": n_real, "n_fake": n_fake, "feature_dim": self.num_features}
+        warning = sample_size_warning(n_real, n_fake, self.num_features)
         if self.kid is not None:
-            # KID draws subsets; they cannot be larger than the smaller set (after a multi-process sync).
-            self.kid.subset_size = max(2, min(self.kid_subset_size, n_real, n_fake))
+            subsets, size = kid_subset_plan(n_real, n_fake, subsets=self.kid_subsets, subset_size=self.kid_subset_size)
+            self.kid.subsets, self.kid.subset_size = subsets, size
             with torch.random.fork_rng(devices=[]):  # KID's random subsets, seeded: reruns report the same number
-                torch.manual_seed(0)
+                torch.random.default_generator.manual_seed(0)
                 mean, std = self.kid.compute()
-            out.update(kid_mean=float(mean), kid_std=float(std))
+            out.update(kid_mean=float(mean), kid_std=float(std) if subsets > 1 else None, kid_subsets=subsets,
+                       kid_subset_size=size)
+        if warning:
+            out["warning"] = warning
         return out
 
     def reset_fake(self) -> None:
@@ -189,7 +248,7 @@ def features_of(module: nn.Module, paths: Sequence[str | Path], *, batch_size: i
     device = module_device(module)
     with torch.no_grad():
         for _, images in iter_image_batches(paths, batch_size):
-            yield module(images.to(device)).float().cpu()
+            yield module(images.to(device)).float()
 
 
 # ----------------------------------------------------------------------------- folders
@@ -211,7 +270,7 @@ def folder_metrics(real: str | Path | Sequence, fake: str | Path | Sequence, *, 
         raise InvalidConfigError(f"Unknown FID engine {engine!r}; use torchmetrics or torch-fidelity.")
     module = feature_extractor(features, inception_weights=inception_weights, world_weights=world_weights,
                                device=device)
-    stats = FeatureStats(feature_dim(module), kid=kid)
+    stats = FeatureStats(feature_dim(module), kid=kid, device=module_device(module))
     for f in features_of(module, real_files, batch_size=batch_size):
         stats.update(f, real=True)
     for f in features_of(module, fake_files, batch_size=batch_size):
@@ -268,8 +327,9 @@ def torch_fidelity_metrics(real_files: Sequence, fake_files: Sequence, *, featur
     if min(n_real, n_fake) < 2:
         raise InvalidConfigError(f"FID needs at least 2 images a side, got {n_real} and {n_fake}.")
     cuda = torch.device(device).type == "cuda"
+    subsets, subset_size = kid_subset_plan(n_real, n_fake)
     kwargs: dict = dict(fid=True, kid=kid, cuda=cuda, batch_size=batch_size, cache=False, verbose=False,
-                        save_cpu_ram=True, kid_subset_size=min(1000, n_real, n_fake))
+                        save_cpu_ram=True, kid_subsets=subsets, kid_subset_size=subset_size)
     if features in ("inception", "inception-2048"):
         kwargs.update(feature_extractor="inception-v3-compat", feature_layer_fid="2048", feature_layer_kid="2048",
                       feature_extractor_weights_path=str(inception_weights_path(inception_weights)))
@@ -278,10 +338,15 @@ def torch_fidelity_metrics(real_files: Sequence, fake_files: Sequence, *, featur
         kwargs.update(feature_extractor=_register_with_torch_fidelity(), concept_erase_module=module)
     result = torch_fidelity.calculate_metrics(input1=ImagesPathDataset([str(p) for p in fake_files]),
                                               input2=ImagesPathDataset([str(p) for p in real_files]), **kwargs)
-    out = {"fid": float(result["frechet_inception_distance"]), "n_real": n_real, "n_fake": n_fake}
+    dim = feature_dim(kwargs["concept_erase_module"]) if "concept_erase_module" in kwargs else 2048
+    out = {"fid": float(result["frechet_inception_distance"]), "n_real": n_real, "n_fake": n_fake, "feature_dim": dim}
     if kid:
         out.update(kid_mean=float(result["kernel_inception_distance_mean"]),
-                   kid_std=float(result["kernel_inception_distance_std"]))
+                   kid_std=float(result["kernel_inception_distance_std"]) if subsets > 1 else None,
+                   kid_subsets=subsets, kid_subset_size=subset_size)
+    warning = sample_size_warning(n_real, n_fake, dim)
+    if warning:
+        out["warning"] = warning
     return out
 
 
@@ -290,7 +355,7 @@ def fid_of_images(module: nn.Module, real, fake) -> float:
     """FID between two image sets held in memory (``(N, H, W, 3)`` arrays or ``(N, 3, H, W)`` tensors
     in [0, 1]), with the feature module ``module`` — the same statistics as every other FID here."""
     device = module_device(module)
-    stats = FeatureStats(feature_dim(module), kid=False)
+    stats = FeatureStats(feature_dim(module), kid=False, device=device)
     with torch.no_grad():
         stats.update(module(to_tensor(real).to(device)).float(), real=True)
         stats.update(module(to_tensor(fake).to(device)).float(), real=False)

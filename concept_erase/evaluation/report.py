@@ -75,13 +75,37 @@ def markdown_report(report: dict) -> str:
                 for sp, v in report["results"][m].get(kind, {}).items()]
     if fid_rows:
         lines += [f"## FID / KID ({s['fid_features']} features, {s['engine']})", "",
-                  "| model | against | images | FID | KID ×1000 |", "|---|---|---|---:|---:|"]
+                  "| model | against | images | FID | KID ×1000 (± std over subsets) |", "|---|---|---|---:|---:|"]
         for m, kind, sp, v in fid_rows:
-            kid = f"{1000 * v['kid_mean']:.2f} ± {1000 * v['kid_std']:.2f}" if "kid_mean" in v else "–"
+            kid = "–"
+            if "kid_mean" in v:
+                kid = f"{1000 * v['kid_mean']:.2f}" + (f" ± {1000 * v['kid_std']:.2f}" if v.get("kid_std") is not None
+                                                       else " (whole sets, no subsets)")
             against = "base" if kind == "fid_vs_base" else "reference"
-            lines.append(f"| {m} | {against} | {sp} ({v['n_fake']} vs {v['n_real']}) | {_num(v['fid'])} | {kid} |")
+            flag = " ⚠" if v.get("warning") else ""
+            lines.append(f"| {m} | {against} | {sp} ({v['n_fake']} vs {v['n_real']}){flag} | {_num(v['fid'])} | {kid} |")
         lines += ["", "Against the base the images share their seeds, so only FID is given (paired samples bias "
-                  "KID's estimator).", ""]
+                  "KID's estimator)."]
+        kid_v = next((v for *_, v in fid_rows if v.get("kid_subsets")), None)
+        if kid_v:
+            lines.append(f"KID: {kid_v['kid_subsets']} random subsets of {kid_v['kid_subset_size']} images a side "
+                         "(at most half the smaller set).")
+        warned = [v for *_, v in fid_rows if v.get("warning")]
+        if warned:
+            lines.append(f"⚠ {len(warned)} of these use no more images than the {warned[0]['feature_dim']} feature "
+                         "dimensions: the covariance is singular and FID is unreliable (KID is unbiased at any size).")
+        lines.append("")
+    clip = report.get("clip_score", {})
+    if clip.get("computed"):
+        lines += [f"## CLIP score (100 × cosine of image and prompt embeddings, `{clip['checkpoint']}`)", "",
+                  "| model | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+        for m in models:
+            cs = report["results"][m].get("clip_score", {})
+            lines.append(f"| {m} | " + " | ".join(_num(cs.get(sp, {}).get("clip_score"), 2) for sp in splits) + " |")
+        lines += ["", "Higher is closer to the prompt: on retain prompts it should stay at the base model's level; "
+                  "on forget prompts a drop means the erased concept is gone from the images.", ""]
+    elif clip:
+        lines += [f"CLIP score: not computed ({clip.get('reason', '')}).", ""]
     rob = report.get("robustness", {})
     if rob.get("adversarial"):
         lines += ["## Adversarial prompts (UnlearnDiffAtk-style)", "",
