@@ -4,13 +4,14 @@ Tensors use diffusers/PEFT LoRA keys, ``unet.<module>.lora_A.weight`` (``V_rᵀ`
 ``unet.<module>.lora_B.weight`` (``U_r R``, out × r), so ``pipe.load_lora_weights(file)`` from
 unmodified diffusers loads it. With no ``alpha`` entries diffusers uses a scale of 1, so the fused
 weight is exactly ``W + B·A``. Our metadata is sorted JSON under the header key ``concept_erase``.
+Files in the other UNet LoRA key styles (diffusers' training scripts, kohya / A1111 / ComfyUI) load
+too, and :meth:`UnlearningAdapter.save_kohya` writes the kohya style: see :mod:`concept_erase.lora_formats`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,8 @@ __all__ = ["UnlearningAdapter", "FORMAT_VERSION", "METADATA_KEY", "unet_fingerpr
 
 FORMAT_VERSION = 1
 METADATA_KEY = "concept_erase"
+LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # what diffusers reads (diffusers.loaders.lora_base)
 _PEFT_KEY = re.compile(r"^unet\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
-_KOHYA_KEY = re.compile(r"^lora_unet_(?P<module>.+)\.(?P<which>lora_down|lora_up|alpha)(\.weight)?$")
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_METADATA_BYTES = 1 << 20  # our JSON is a few KiB (prompts, config); more is not an adapter of ours
@@ -150,8 +151,9 @@ class UnlearningAdapter:
             m = _PEFT_KEY.match(key)
             if not m:
                 raise AdapterFormatError(
-                    f"Unexpected tensor key {key!r}: an unlearning adapter holds only "
-                    "`unet.<module>.lora_A.weight` / `unet.<module>.lora_B.weight` keys."
+                    f"Unexpected tensor key {key!r}: an unlearning adapter holds UNet LoRA factors only, as PEFT "
+                    "`unet.<module>.lora_A.weight` / `.lora_B.weight`, diffusers `unet.<module>.lora.down.weight` / "
+                    "`.lora.up.weight` or kohya `lora_unet_<module>.lora_down.weight` / `.lora_up.weight` / `.alpha`."
                 )
             pairs.setdefault(m["module"], {})[m["which"]] = t
         if not pairs:
@@ -247,95 +249,121 @@ class UnlearningAdapter:
 
     # ----- files -----
     def save(self, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-        """Write the adapter atomically as one safetensors file."""
+        """Write the adapter atomically as one safetensors file.
+
+        The header holds our metadata (sorted JSON under ``concept_erase``) and diffusers' own
+        ``lora_adapter_metadata`` (the ``peft.LoraConfig`` of :meth:`lora_config_kwargs`, keys prefixed
+        ``unet.`` as diffusers' ``save_lora_weights`` writes them), so diffusers builds the adapter
+        from the file's description instead of guessing ranks and alphas from tensor shapes."""
         from safetensors.torch import save_file
 
         path = Path(path)
         meta = {"format_version": FORMAT_VERSION, "library_version": __version__, **self.metadata}
         tensors = {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous() for k, v in self.tensors.items()}
+        lora_config = {f"unet.{k}": v for k, v in self.lora_config_kwargs().items()}
+        header = {"format": "pt", METADATA_KEY: json.dumps(meta, sort_keys=True),
+                  LORA_ADAPTER_METADATA_KEY: json.dumps(lora_config, sort_keys=True)}
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps(meta, sort_keys=True)})
+            save_file(tensors, str(tmp), metadata=header)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "UnlearningAdapter":
-        """Load and validate an adapter file (safetensors only; PEFT or kohya keys)."""
+        """Load and validate an adapter file: safetensors only, in any UNet LoRA key style diffusers reads.
+
+        PEFT (``unet.<module>.lora_A.weight``), diffusers' training scripts (``unet.<module>.lora.down.weight``,
+        ``unet.<block>.attn2.processor.to_k_lora.down.weight``) and kohya / A1111 / ComfyUI
+        (``lora_unet_<module>.lora_down.weight`` + ``.alpha``, the alpha / rank scale folded into ``lora_B``),
+        with or without concept-erase's metadata. Files that also change the text encoder are refused with
+        :class:`AdapterFormatError`: loading their UNet half alone would silently give other images than the file
+        gives in any other loader (see :mod:`concept_erase.lora_formats`).
+
+        >>> UnlearningAdapter.load("no-red.kohya.safetensors").ranks  # doctest: +SKIP
+        {'down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k': 64, ...}
+        """
+        from .lora_formats import key_style, peft_from_diffusers
+
+        where = repr(str(path))
         tensors, header = load_safetensors(path)
-        meta = parse_metadata(header.get(METADATA_KEY), repr(str(path)))
-        if tensors and all(k.startswith("lora_unet_") for k in tensors):
+        meta = parse_metadata(header.get(METADATA_KEY), where)
+        style = key_style(tensors, where)
+        if style == "kohya":
             meta.setdefault("source_format", "kohya")
             return cls._from_kohya(tensors, meta, path)
+        if style == "diffusers":
+            meta.setdefault("source_format", "diffusers")
+            tensors = peft_from_diffusers(tensors, where)
         return cls(tensors, meta)
 
     @classmethod
     def _from_kohya(cls, tensors, meta, path) -> "UnlearningAdapter":
-        # kohya flattens module paths with "_", which cannot be undone without the UNet: keep the
-        # flattened name and let `resolve_kohya_names` map it against a UNet's modules on load.
-        out = {}
-        for key, t in tensors.items():
-            m = _KOHYA_KEY.match(key)
-            if not m:
-                raise AdapterFormatError(f"{str(path)!r}: unexpected kohya key {key!r} (only UNet layers, "
-                                         "`lora_unet_<layer>.lora_down.weight` / `.lora_up.weight` / `.alpha`, "
-                                         "are read).")
-            if m["which"] == "alpha":
-                continue
-            if t.ndim not in (2, 4) or 0 in t.shape:
-                raise AdapterFormatError(f"{str(path)!r}: {key} has shape {tuple(t.shape)}; kohya LoRA factors are "
-                                         "2-D (or 4-D for convolutions) and not empty.")
-            rank = t.shape[0] if m["which"] == "lora_down" else t.shape[1]
-            alpha = tensors.get(f"lora_unet_{m['module']}.alpha")
-            scale = 1.0
-            if alpha is not None:
-                if alpha.numel() != 1 or alpha.dtype not in _FLOAT_DTYPES + (torch.int32, torch.int64):
-                    raise AdapterFormatError(f"{str(path)!r}: lora_unet_{m['module']}.alpha must be one number, but "
-                                             f"has shape {tuple(alpha.shape)} and dtype {alpha.dtype}.")
-                value = float(alpha.reshape(()))
-                if not math.isfinite(value) or value < 0:
-                    raise AdapterFormatError(f"{str(path)!r}: lora_unet_{m['module']}.alpha is {value}; it must be a "
-                                             "finite number ≥ 0.")
-                scale = value / rank if value > 0 else 1.0  # kohya reads alpha 0 as alpha = rank
-            which = "A" if m["which"] == "lora_down" else "B"
-            out[f"unet.{m['module']}.lora_{which}.weight"] = t * scale if which == "B" else t
-        adapter = cls(out, meta)
-        adapter._kohya = True
+        from .lora_formats import peft_from_kohya
+
+        peft, names = peft_from_kohya(tensors, repr(str(path)))
+        adapter = cls(peft, meta)
+        adapter._kohya_names = names  # module -> flattened kohya name, for resolve_kohya_names
         return adapter
 
     def resolve_kohya_names(self, unet: torch.nn.Module) -> "UnlearningAdapter":
-        """For an adapter read from a kohya file: map ``down_blocks_0_...`` back to module paths."""
-        if not getattr(self, "_kohya", False):
+        """For an adapter read from a kohya file: its layers under ``unet``'s own module paths.
+
+        kohya flattens module paths with ``_``; :meth:`load` reads them the way diffusers does, which is
+        right for diffusers UNets. A name that is not a module of ``unet`` is matched exactly instead, by
+        flattening ``unet``'s module paths; one that matches nothing raises :class:`ArchitectureMismatchError`.
+        """
+        names = getattr(self, "_kohya_names", None)
+        if not names:
             return self
-        names = {n.replace(".", "_"): n for n, _ in unet.named_modules()}
+        modules = {n for n, _ in unet.named_modules()}
+        flat = {n.replace(".", "_"): n for n in modules}
+        renamed = {}
+        for module in self.modules:
+            real = module if module in modules else flat.get(names.get(module, module.replace(".", "_")))
+            if real is None:
+                raise ArchitectureMismatchError(
+                    f"Kohya layer 'lora_unet_{names.get(module, module)}' matches no module of this UNet; the adapter "
+                    "was made for another model.")
+            renamed[module] = real
+        if all(k == v for k, v in renamed.items()):
+            return self
         out = {}
         for key, t in self.tensors.items():
             m = _PEFT_KEY.match(key)
-            real = names.get(m["module"])
-            if real is None:
-                raise ArchitectureMismatchError(
-                    f"Kohya layer {m['module']!r} matches no module of this UNet; the adapter was made for another model."
-                )
-            out[f"unet.{real}.lora_{m['which']}.weight"] = t
+            out[f"unet.{renamed[m['module']]}.lora_{m['which']}.weight"] = t
         return UnlearningAdapter(out, self.metadata)
 
-    def to_kohya(self) -> dict[str, torch.Tensor]:
-        """Tensors in the kohya / A1111 key format (``lora_unet_<path>.lora_down.weight``, ...)."""
-        out = {}
-        for module, (a, b) in self._pairs.items():
-            k = "lora_unet_" + module.replace(".", "_")
-            out[f"{k}.lora_down.weight"] = a
-            out[f"{k}.lora_up.weight"] = b
-            out[f"{k}.alpha"] = torch.tensor(float(a.shape[0]))  # alpha = rank -> scale 1
-        return out
+    def to_kohya(self, *, alpha: float | None = None) -> dict[str, torch.Tensor]:
+        """Tensors in the kohya / A1111 / ComfyUI key format (``lora_unet_<path>.lora_down.weight``, ...).
 
-    def save_kohya(self, path: str | Path) -> Path:
+        Every layer carries the same ``alpha`` (default: the most common rank) and ``lora_up`` is
+        pre-multiplied by ``rank / alpha``, so the kohya rule, scale = alpha / rank per layer, gives back
+        exactly ``B·A`` for any mix of ranks, in kohya sd-scripts, A1111, ComfyUI and diffusers.
+        """
+        from .lora_formats import kohya_alpha, kohya_state_dict
+
+        return kohya_state_dict(self._pairs, kohya_alpha(self.ranks) if alpha is None else float(alpha))
+
+    def save_kohya(self, path: str | Path, *, alpha: float | None = None) -> Path:
+        """Write a kohya-format file atomically (:meth:`to_kohya`), with kohya's ``ss_*`` and Stability AI's
+        ``modelspec.*`` metadata (read by A1111 and Civitai) beside concept-erase's own.
+
+        The file loads in A1111 / Forge, ComfyUI (``LoraLoader``), kohya sd-scripts and diffusers'
+        ``load_lora_weights``, each giving the same images as the native file.
+        """
         from safetensors.torch import save_file
 
+        from .lora_formats import kohya_alpha, kohya_metadata
+
+        path = Path(path)
+        alpha = kohya_alpha(self.ranks) if alpha is None else float(alpha)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.to_kohya(alpha=alpha).items()}
         meta = {"format_version": FORMAT_VERSION, "library_version": __version__, **self.metadata,
                 "source_format": "kohya"}
+        header = kohya_metadata(self._pairs, self.metadata, alpha=alpha, title=self.name, output_name=path.stem)
         with atomic_path(path) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.to_kohya().items()}, str(tmp),
-                      metadata={"format": "pt", METADATA_KEY: json.dumps(meta, sort_keys=True)})
-        return Path(path)
+            save_file(tensors, str(tmp), metadata={"format": "pt", **header,
+                                                   METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        return path
 
     def summary(self) -> str:
         """A short human-readable description (what ``concept-erase info`` prints)."""
@@ -359,3 +387,66 @@ class UnlearningAdapter:
         if "seconds" in m:
             lines.append(f"erase time    {m['seconds']:.1f} s")
         return "\n".join(lines)
+
+    # ----- diffusers' description and publishing -----
+    def lora_config_kwargs(self) -> dict:
+        """``peft.LoraConfig`` keyword arguments that describe this adapter exactly: the most common
+        rank as ``r``, other ranks in ``rank_pattern``; ``lora_alpha`` equal to the rank everywhere
+        (``alpha_pattern`` mirrors ``rank_pattern``), so PEFT's scale ``lora_alpha / r`` is 1 and the
+        change is exactly ``B·A``. Checked by building the ``LoraConfig``.
+
+        >>> adapter.lora_config_kwargs()["r"]  # doctest: +SKIP
+        64
+        """
+        from collections import Counter
+
+        from peft import LoraConfig
+
+        ranks = self.ranks
+        r = Counter(ranks.values()).most_common(1)[0][0]
+        others = {m: k for m, k in ranks.items() if k != r}
+        kwargs = {"r": r, "lora_alpha": r, "target_modules": sorted(ranks), "rank_pattern": others,
+                  "alpha_pattern": dict(others)}
+        LoraConfig(**kwargs)  # raises if PEFT would not accept it
+        return kwargs
+
+    def save_pretrained(self, directory: str | Path, *, repo_id: str | None = None, license: str | None = None,
+                        evaluation: dict | None = None, overwrite: bool = False) -> Path:
+        """Write a Hub-ready folder: ``pytorch_lora_weights.safetensors`` and a model card ``README.md``
+        (see :func:`concept_erase.hub.save_pretrained`). Returns the folder.
+
+        >>> adapter.save_pretrained("no-red-adapter", repo_id="me/no-red")  # doctest: +SKIP
+        PosixPath('no-red-adapter')
+        """
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, repo_id=repo_id, license=license, evaluation=evaluation,
+                               overwrite=overwrite)
+
+    def push_to_hub(self, repo_id: str, *, token: str | bool | None = None, private: bool | None = None,
+                    revision: str | None = None, commit_message: str | None = None, license: str | None = None,
+                    evaluation: dict | None = None) -> str:
+        """Upload the :meth:`save_pretrained` folder to the hub repo ``repo_id`` (created if needed,
+        ``huggingface_hub.create_repo`` + ``upload_folder``). Returns the commit URL.
+
+        >>> adapter.push_to_hub("me/no-red")  # doctest: +SKIP
+        """
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, token=token, private=private, revision=revision,
+                           commit_message=commit_message, license=license, evaluation=evaluation)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, weight_name: str | None = None,
+                        subfolder: str | None = None, revision: str | None = None,
+                        token: str | bool | None = None) -> "UnlearningAdapter":
+        """Load an adapter from a file, a folder, a known name or a hub repo id
+        (:func:`concept_erase.loading.resolve_adapter`; ``revision``/``token`` for hub repos).
+
+        >>> UnlearningAdapter.from_pretrained("no-red").name
+        'red'
+        """
+        from .loading import resolve_adapter
+
+        return cls.load(resolve_adapter(name_or_path, weight_name=weight_name, subfolder=subfolder,
+                                        revision=revision, token=token))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 from pathlib import Path
 
-from .._io import check_output_file
-from ..concepts import Concept, load_preset
-from ..config import add_arguments, values_from_args
-from ..errors import InvalidConfigError, InvalidPromptError
+from .._io import check_output_dir, check_output_file
+from ..concepts import Concept, list_presets, load_preset
+from ..config import MIXED_PRECISIONS, SAVE_PRECISIONS, add_arguments, values_from_args
+from ..errors import InvalidConfigError, InvalidPromptError, OutputPathError
 
 
 def _print_summary(adapter, path: Path) -> None:
@@ -33,14 +35,27 @@ def add_erase_parser(sub, help: str) -> None:
         f"Methods: {', '.join(f'{n} ({m.summary})' for n, m in METHODS.items())}."))
     e.add_argument("--method", default="semu", choices=list(METHODS), help="erasure method (default: semu)")
     e.add_argument("--base", default="world", help="'world', a local diffusers pipeline directory, or a hub id")
-    e.add_argument("--preset", help="a named preset (see `concept_erase.list_presets()`) or a preset JSON file")
+    e.add_argument("--preset", help="a shipped preset (see --list-presets) or a preset JSON file")
+    e.add_argument("--list-presets", action=_ListPresets, help="print the shipped presets (name, phrase, "
+                   "description) and exit")
     e.add_argument("--forget", nargs="+", help="forget prompts")
     e.add_argument("--anchor", nargs="+", help="anchor prompt(s): one, or one per forget prompt")
     e.add_argument("--retain", nargs="+", help="retain prompts (optional)")
     e.add_argument("--name", help="concept name stored in the adapter")
-    e.add_argument("--out", required=True, help="output .safetensors file (checked before training)")
+    e.add_argument("--out", help="where to save (checked before training): a .safetensors file, or a directory "
+                   "that gets the Hub layout (pytorch_lora_weights.safetensors + a model card README.md)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    e.add_argument("--push-to-hub", metavar="REPO", help="also upload the adapter and its model card to the hub repo "
+                   "REPO ('owner/name', created if needed; log in with `hf auth login` or set HF_TOKEN)")
     e.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    e.add_argument("--revision", help="branch, tag or commit of a hub --base (default: its main branch)")
+    e.add_argument("--variant", help="weight-file variant of --base, e.g. fp16 for *.fp16.safetensors")
+    e.add_argument("--mixed-precision", choices=MIXED_PRECISIONS,
+                   help="dtype of the frozen base model: no (float32), fp16 or bf16 (default: fp16 on CUDA, no on "
+                   "the CPU, where fp16 is refused). The trained parameters and the optimiser state are float32 "
+                   "either way, as in diffusers' training scripts")
+    e.add_argument("--save-precision", choices=SAVE_PRECISIONS, default="fp32",
+                   help="dtype of the tensors in the saved adapter (default: fp32)")
     e.add_argument("--quiet", action="store_true")
     e.add_argument("--set", nargs="+", metavar="KEY=VALUE",
                    help="any setting of the method's config by its field name, e.g. --set lamb=0.1 (UCE)")
@@ -48,6 +63,25 @@ def add_erase_parser(sub, help: str) -> None:
                              "the method's own (see the config classes in concept_erase.methods)")
     add_arguments(g, *_config_classes())
     e.set_defaults(func=cmd_erase)
+
+
+class _ListPresets(argparse.Action):
+    """``--list-presets``: print every shipped preset and exit (like ``--version``, before the required flags)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        rows = []
+        for name in list_presets():
+            concept = load_preset(name)
+            summary = concept.description.split(". ")[0].rstrip(".")  # the first sentence
+            rows.append((name, concept.phrase or "-", summary))
+        width = [max(len(r[i]) for r in [("preset", "phrase"), *rows]) for i in range(2)]
+        print(f"{'preset':<{width[0]}}  {'phrase':<{width[1]}}  description")
+        for name, phrase, summary in rows:
+            print(f"{name:<{width[0]}}  {phrase:<{width[1]}}  {summary}")
+        parser.exit()
 
 
 def _parse_settings(items) -> dict:
@@ -75,6 +109,7 @@ def _concept_from_args(args):
 
 
 def cmd_erase(args) -> int:
+    from ..adapter import UnlearningAdapter
     from ..loading import load_base
     from ..methods import get_method
 
@@ -85,13 +120,56 @@ def cmd_erase(args) -> int:
     settings = {**given, **_parse_settings(args.set)}
     config = method.config(**settings)  # every setting checked before the model is loaded
     concept = _concept_from_args(args)
-    out = check_output_file(args.out, overwrite=args.overwrite, suffix=".safetensors")  # before any training
-    pipe = load_base(args.base, args.device)
+    out = _check_destination(args)  # before any training
+    pipe = load_base(args.base, args.device, mixed_precision=args.mixed_precision, revision=args.revision,
+                     variant=args.variant)
     adapter = method.erase(pipe, concept, config, progress=not args.quiet)
-    _print_summary(adapter, adapter.save(out))
+    if args.save_precision != "fp32" and isinstance(adapter, UnlearningAdapter):  # trained in float32, stored as asked
+        import torch
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.save_precision]
+        adapter = dataclasses.replace(adapter, tensors={k: v.to(dtype) for k, v in adapter.tensors.items()})
+    _save(adapter, out, args)
     return 0
 
 
+# --out ending in one of these is meant as a file (and must be .safetensors); anything else is a
+# directory (names such as "no-red-v1.5" have a suffix too)
+_WEIGHT_FILE_SUFFIXES = (".safetensors", ".safetensor", ".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+
+
+def _check_destination(args) -> Path | None:
+    """``--out`` / ``--push-to-hub`` checked before any training: a ``.safetensors`` path is a file,
+    anything else a directory for :meth:`UnlearningAdapter.save_pretrained`."""
+    from ..hub import WEIGHT_NAME, looks_like_hub_id
+    from ..loading import _hub_offline
+
+    if not args.out and not args.push_to_hub:
+        raise OutputPathError("Give --out FILE.safetensors or --out DIRECTORY (or --push-to-hub REPO).")
+    if args.push_to_hub is not None:
+        if not looks_like_hub_id(args.push_to_hub):
+            raise InvalidConfigError(f"--push-to-hub expects a hub repo id 'owner/name', but is {args.push_to_hub!r}.")
+        if _hub_offline():
+            raise InvalidConfigError("--push-to-hub needs the network, but HF_HUB_OFFLINE is set. Unset it, or save "
+                                     "with --out DIRECTORY and upload later with `hf upload REPO DIRECTORY`.")
+    if not args.out:
+        return None
+    if Path(args.out).suffix.lower() in _WEIGHT_FILE_SUFFIXES:  # a file; other suffixes must be .safetensors
+        return check_output_file(args.out, overwrite=args.overwrite, suffix=".safetensors")
+    return check_output_dir(args.out, overwrite=args.overwrite, owned=(WEIGHT_NAME,), what="a saved adapter")
+
+
+def _save(adapter, out: Path | None, args) -> None:
+    if out is not None and out.suffix == ".safetensors":
+        _print_summary(adapter, adapter.save(out))
+    elif out is not None:
+        folder = adapter.save_pretrained(out, repo_id=args.push_to_hub, overwrite=True)  # --out was checked above
+        _print_summary(adapter, folder / "pytorch_lora_weights.safetensors")
+        print(f"model card    {folder / 'README.md'}")
+    else:
+        print(adapter.summary())
+    if args.push_to_hub:
+        print(f"uploaded      {adapter.push_to_hub(args.push_to_hub)}")
 
 
 # ---------------------------------------------------------------- info
@@ -120,10 +198,21 @@ def cmd_info(args) -> int:
 
 
 # ---------------------------------------------------------------- export
+_EXPORT_FORMATS = {
+    "kohya": "lora_unet_* keys with one alpha for every layer and kohya ss_* / modelspec.* metadata: for A1111 / "
+             "Forge, ComfyUI (LoraLoader), kohya sd-scripts, Civitai, and diffusers",
+    "peft": "unet.<module>.lora_A/B keys, no alpha: for diffusers' load_lora_weights and PEFT",
+}
+
+
 def add_export_parser(sub, help: str) -> None:
-    x = sub.add_parser("export", help=help)
+    x = sub.add_parser("export", help=help, description=(
+        "Convert an adapter, or any UNet LoRA file diffusers reads (PEFT, diffusers training-script or kohya keys), "
+        "to another key format. Each format gives the same images as the input in the loaders it is for, whatever "
+        "the layers' ranks. For ComfyUI use --format kohya."))
     x.add_argument("file")
-    x.add_argument("--format", choices=["kohya", "peft"], default="kohya")
+    x.add_argument("--format", choices=list(_EXPORT_FORMATS), default="kohya",
+                   help="; ".join(f"{k}: {v}" for k, v in _EXPORT_FORMATS.items()) + " (default: kohya)")
     x.add_argument("--out", help="output file (default: FILE.<format>.safetensors)")
     x.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     x.set_defaults(func=cmd_export)
@@ -142,5 +231,6 @@ def cmd_export(args) -> int:
         adapter.save_kohya(out)
     else:
         adapter.save(out)
-    print(f"wrote {out} ({args.format} keys, {out.stat().st_size / 1024:.1f} KiB)")
+    print(f"wrote {out} ({args.format} keys, {len(adapter.modules)} layers, ranks "
+          f"{min(adapter.ranks.values())}..{max(adapter.ranks.values())}, {out.stat().st_size / 1024:.1f} KiB)")
     return 0
