@@ -275,7 +275,7 @@ def test_adapters_record_no_path_of_the_machine_they_were_made_on(tiny_pipe_dir)
 
     local = StableDiffusionPipeline.from_pretrained(tiny_pipe_dir, safety_checker=None, requires_safety_checker=False)
     assert base_model_id(local) == tiny_pipe_dir.name  # a local directory: its name only
-    assert base_model_id(world.load_pipeline()) == "world"
+    assert base_model_id(world.load_pipeline()) == "concept-erase/shapes-world"
     local.register_to_config(_name_or_path="runwayml/stable-diffusion-v1-5")
     assert base_model_id(local) == "runwayml/stable-diffusion-v1-5"  # a hub id as given
     for path in sorted(SHIPPED_ADAPTERS_DIR.glob("*.safetensors")):

@@ -97,7 +97,7 @@ def test_erase_checks_out_before_loading_anything(tmp_path, monkeypatch, capsys)
     existing.write_bytes(b"precious")
     cases = {
         str(a_file / "x.safetensors"): "is a file, not a directory",
-        str(tmp_path): "is a directory",
+        str(tmp_path): "already holds files that are not a saved adapter",  # a directory: save_pretrained's
         str(existing): "already exists. Pass --overwrite",
         str(tmp_path / "adapter.pt"): "must end in .safetensors",
     }

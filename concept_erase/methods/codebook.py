@@ -34,6 +34,7 @@ from ..config import Config, check_choice, check_fraction, check_int, check_numb
 from ..diffusion import encode_prompts
 from ..errors import InvalidConfigError, WeightsNotFoundError
 from ..world import WEIGHTS_DIR
+from ..hub import WORLD_MODEL_ID
 from .common import adapter_metadata, base_model_id
 
 __all__ = ["CodebookConfig", "CodebookTrainingConfig", "train_codebook", "erase_codebook", "WORLD_CODEBOOK",
@@ -179,7 +180,7 @@ def train_codebook(pipe, prompts: Sequence[str], heldout: Sequence[str] = (), co
 def load_codebook(pipe, path: str | Path | None) -> CodebookEdit:
     """The codebook of ``pipe``'s base model: ``path``, or the shipped world codebook."""
     if path is None:
-        if base_model_id(pipe) != "world":
+        if base_model_id(pipe) != WORLD_MODEL_ID:
             raise WeightsNotFoundError(
                 "The codebook method needs a codebook trained for this base model: run `concept-erase codebook "
                 "train --base DIR_OR_ID --prompts PROMPTS.txt --out codebook.safetensors` once, then pass "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -52,16 +51,14 @@ def select_modules(unet: nn.Module, patterns: Iterable[str]) -> dict[str, nn.Mod
 
 # ---------------------------------------------------------------- the adapter every method returns
 def base_model_id(pipe) -> str:
-    """What an adapter records as its base model: ``"world"`` for the shipped shapes world, a hub id
-    as given, and only the folder name of a local directory (a file never records a path of the
-    machine it was made on)."""
-    name = str(getattr(pipe, "name_or_path", None) or pipe.unet.config.get("_name_or_path", "") or "unknown")
-    path = Path(name).expanduser()
-    if not path.exists():
-        return name  # a hub id, or a name
-    if path.resolve().is_relative_to(WEIGHTS_DIR.resolve()):
-        return "world"
-    return path.resolve().name
+    """What an adapter records as its base model (:func:`concept_erase.hub.base_model_id`):
+    ``"concept-erase/shapes-world"`` for the shipped shapes world, a hub id as given (or recovered
+    from a Hugging Face cache directory), else only the folder name of a local directory (a file
+    never records a path of the machine it was made on)."""
+    from ..hub import base_model_id as from_name
+
+    return from_name(str(getattr(pipe, "name_or_path", None) or pipe.unet.config.get("_name_or_path", "") or ""),
+                     world_dir=WEIGHTS_DIR)
 
 
 def adapter_metadata(pipe, *, method: str, concept: Concept, config, ranks: dict[str, int],
