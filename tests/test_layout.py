@@ -23,7 +23,7 @@ LAYERS = [
     {"concept_erase.loading"},
     {"concept_erase.methods"},
     {"concept_erase.evaluation"},
-    {"concept_erase.demo", "concept_erase.bench", "concept_erase.quickstart"},
+    {"concept_erase.demo", "concept_erase.bench", "concept_erase.quickstart", "concept_erase.integrations"},
     {"concept_erase.cli", "concept_erase"},
 ]
 
