@@ -25,9 +25,11 @@ other images than the same file gives in every other loader, without a word. The
 keys and the way out (``pipe.load_lora_weights`` for the whole file).
 
 **Writing kohya** (:func:`kohya_state_dict`): kohya sd-scripts, A1111 and ComfyUI scale each layer
-by ``alpha / lora_down.shape[0]``, but diffusers turns per-layer alphas into a PEFT
-``alpha_pattern`` whose keys match no module when they differ, and falls back to the most common
-alpha. So every layer gets the *same* alpha and ``lora_up`` is multiplied by ``rank / alpha``:
+by ``alpha / lora_down.shape[0]``. diffusers (0.42) turns alphas that differ into a PEFT
+``alpha_pattern``, but names an attention layer's alpha after its attention-processor key
+(``...attn2.processor.to_k_lora.down.weight.alpha``), which matches no module: such a layer falls
+back to the most common alpha. So every layer gets the *same* alpha and ``lora_up`` is multiplied
+by ``rank / alpha``:
 each of those loaders then applies exactly ``B·A``, whatever mix of ranks the adapter has. The file
 carries kohya's ``ss_*`` and Stability AI's ``modelspec.*`` metadata (:func:`kohya_metadata`), which
 A1111 and Civitai read. ComfyUI maps ``lora_unet_<module with _>`` keys onto its UNet
