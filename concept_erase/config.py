@@ -25,7 +25,7 @@ from .errors import InvalidConfigError
 
 __all__ = [
     "Config", "setting", "check_int", "check_number", "check_fraction", "check_choice", "check_patterns",
-    "add_arguments", "values_from_args",
+    "add_arguments", "values_from_args", "MIXED_PRECISIONS", "SAVE_PRECISIONS", "check_mixed_precision",
 ]
 
 
@@ -132,6 +132,22 @@ def check_patterns(cfg, name: str = "target_modules", *, example: str = "'*attn2
         raise InvalidConfigError(f"`{name}` must hold at least one module name pattern, e.g. {example}; "
                                  f"got {getattr(cfg, name)!r}.")
     setattr(cfg, name, value)
+
+
+# ---------------------------------------------------------------- precision
+# The frozen base model's dtype, named as diffusers' training scripts (and accelerate) name it:
+# "no" is float32. Trainable parameters are float32 whatever it is (concept_erase.methods.common).
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# The dtype the adapter file's tensors are written in.
+SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def check_mixed_precision(value) -> str:
+    """``value`` if it is one of :data:`MIXED_PRECISIONS`, else :class:`InvalidConfigError` naming it."""
+    if value not in MIXED_PRECISIONS:
+        raise InvalidConfigError(f"`mixed_precision` must be one of {', '.join(map(repr, MIXED_PRECISIONS))} but is "
+                                 f"{value!r}.")
+    return value
 
 
 # ---------------------------------------------------------------- command-line flags from fields

@@ -1,6 +1,7 @@
 """``pipe.load_unlearning_adapter(...)`` and friends: unlearning adapters on diffusers pipelines.
 
-Loading goes through diffusers' own ``load_lora_weights`` (PEFT), so adapters compose with each
+Loading goes through diffusers' own LoRA loader (PEFT; the UNet half of ``load_lora_weights``, see
+:func:`load_unet_lora`), so adapters compose with each
 other and with ordinary LoRAs. concept-erase adds name resolution (files, directories, known names,
 hub repos with ``revision``/``subfolder``/``token``), validation before any weight is touched,
 per-adapter scales and an exact ``unload``: the weights of the layers an adapter changes are copied
@@ -14,6 +15,7 @@ every pipeline object, existing ones included); nothing else happens at import t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -26,11 +28,13 @@ import torch
 from .adapter import UnlearningAdapter
 from .codebook import CodebookEdit, attach_codebook_, detach_codebook_, is_codebook_file, loaded_codebook
 from .concepts import list_presets
+from .config import check_mixed_precision
 from .errors import (AdapterFormatError, AdapterStateError, InvalidConfigError, UnknownConceptError,
                      WeightsNotFoundError)
 
 __all__ = ["resolve_adapter", "adapter_home", "known_adapters", "UnlearningMixin", "install_pipeline_methods",
-           "SHIPPED_ADAPTERS_DIR", "load_base", "is_world", "default_device", "adapter_key"]
+           "SHIPPED_ADAPTERS_DIR", "load_base", "is_world", "default_device", "adapter_key", "base_dtype",
+           "dtype_kwargs", "quiet_hf_logging", "load_unet_lora"]
 logger = logging.getLogger(__name__)
 
 SHIPPED_ADAPTERS_DIR = Path(__file__).parent / "adapters"
@@ -46,14 +50,94 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_base(base: str | None, device: str | None = None):
+# the dtype of the frozen base model for each `mixed_precision` (the names of diffusers' training scripts)
+_BASE_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def base_dtype(mixed_precision: str | None, device: str | torch.device) -> torch.dtype:
+    """The dtype the base model is loaded in: ``"no"`` float32, ``"fp16"``, ``"bf16"``; ``None`` means
+    ``"fp16"`` on CUDA and ``"no"`` elsewhere. fp16 is refused on the CPU, where PyTorch lacks
+    fp16 kernels for much of a UNet (use bf16 there).
+
+    >>> base_dtype(None, "cpu"), base_dtype("bf16", "cpu")
+    (torch.float32, torch.bfloat16)
+    """
+    kind = torch.device(device).type
+    name = check_mixed_precision(mixed_precision if mixed_precision is not None else
+                                 ("fp16" if kind == "cuda" else "no"))
+    if name == "fp16" and kind == "cpu":
+        raise InvalidConfigError("`mixed_precision` 'fp16' needs a GPU: PyTorch has no fp16 kernels for much of a UNet "
+                                 "on the CPU. Use 'bf16' or 'no' there, or pass a CUDA device.")
+    return _BASE_DTYPES[name]
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s dtype argument for the installed diffusers: ``dtype=`` where diffusers
+    deprecates ``torch_dtype=`` in its favour (it then warns on every ``torch_dtype=``), else ``torch_dtype=``."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
+@contextlib.contextmanager
+def quiet_hf_logging():
+    """diffusers' and transformers' progress bars ("Loading pipeline components...") and their log
+    messages below errors off inside the block; their previous settings come back after, so a
+    Python session that uses concept-erase as a library keeps its own. Nothing is silenced when
+    the ``concept_erase`` logger is at DEBUG (the command line's ``--verbose``)."""
+    if logging.getLogger("concept_erase").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (diffusers_logging,
+                                                                                  transformers_logging)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, level, bars in saved:
+            lib.set_verbosity(level)
+            lib.enable_progress_bar() if bars else lib.disable_progress_bar()
+
+
+def load_unet_lora(pipe, state_dict: dict[str, torch.Tensor], *, adapter_name: str) -> None:
+    """Load a UNet-only LoRA (``unet.``-prefixed PEFT keys) into ``pipe.unet``: the UNet half of
+    diffusers' ``load_lora_weights`` (its ``load_lora_into_unet`` is this call), without the text
+    encoder half, which finds no keys in an unlearning adapter and warns "No LoRA keys associated
+    to CLIPTextModel found" on every load. ``pipe.get_list_adapters()``, ``set_adapters`` and
+    ``fuse_lora`` see the adapter as usual."""
+    pipe.unet.load_lora_adapter(state_dict, prefix="unet", adapter_name=adapter_name, _pipeline=pipe)
+
+
+def load_base(base: str | None, device: str | None = None, *, mixed_precision: str | None = None,
+              revision: str | None = None, variant: str | None = None):
     """``"world"`` (the shipped model), a local pipeline directory or a hub id -> pipeline on ``device``
-    (default: cuda when available). Progress bars of the pipeline are off; errors name what to pass."""
+    (default: cuda when available). Progress bars of the pipeline are off; errors name what to pass.
+
+    ``mixed_precision`` sets the dtype of the (frozen) base weights as diffusers' training scripts do:
+    ``"no"`` (float32), ``"fp16"`` or ``"bf16"``; default ``"fp16"`` on CUDA, ``"no"`` elsewhere
+    (:func:`base_dtype`). The erasure methods train float32 parameters whatever it is. ``revision``
+    (branch, tag or commit of a hub repo) and ``variant`` (``"fp16"`` loads ``*.fp16.safetensors``
+    files) are passed to ``DiffusionPipeline.from_pretrained``.
+
+    >>> pipe = load_base("world", "cpu", mixed_precision="bf16")
+    >>> pipe.unet.dtype
+    torch.bfloat16
+    """
     device = device or default_device()
+    dtype = base_dtype(mixed_precision, device)
     if is_world(base):
+        if revision is not None or variant is not None:
+            raise InvalidConfigError(f"--revision/--variant ({revision!r}, {variant!r}) apply to a hub id or a "
+                                     "pipeline directory, not to the shipped world model; leave them out.")
         from . import world  # the shipped model's code is loaded only when it is asked for
 
-        return world.load_pipeline(device)
+        with quiet_hf_logging():
+            return world.load_pipeline(device, torch_dtype=dtype)
     from diffusers import DiffusionPipeline
 
     path = Path(base).expanduser()
@@ -65,14 +149,22 @@ def load_base(base: str | None, device: str | None = None):
             f"--base {base!r} is not an existing directory, nor a hub id of the form 'owner/name'. Pass 'world', a "
             "local diffusers pipeline directory, or a hub id."
         )
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    if path.exists() and revision is not None:
+        raise InvalidConfigError(f"--revision {revision!r} applies to a hub id, but --base {base!r} is a local "
+                                 "directory; leave it out (check out the revision you want into the directory).")
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else base, torch_dtype=dtype,
-                                                 safety_checker=None, requires_safety_checker=False)
+        with quiet_hf_logging():
+            pipe = DiffusionPipeline.from_pretrained(str(path) if path.exists() else base, **dtype_kwargs(dtype),
+                                                     revision=revision, variant=variant, safety_checker=None,
+                                                     requires_safety_checker=False)
     except (OSError, ValueError) as e:
+        where = f" at revision {revision!r}" if revision else ""
+        files = f" with --variant {variant!r}" if variant else ""
+        advice = ("Check that the directory holds a whole diffusers pipeline (model_index.json and a folder per "
+                  "component)." if path.exists() else f"Offline? Set HF_HUB_OFFLINE=0, or download the pipeline with "
+                  f"'hf download {base} --local-dir DIR' (huggingface_hub's command line) and pass DIR.")
         raise WeightsNotFoundError(
-            f"Could not load --base {base!r}: {e.__class__.__name__}: {str(e)[:300]}. Offline? Set HF_HUB_OFFLINE=0 "
-            "or download the pipeline with `huggingface-cli download` and pass its directory."
+            f"Could not load --base {base!r}{where}{files}: {e.__class__.__name__}: {str(e)[:300]}. {advice}"
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -279,7 +371,7 @@ class UnlearningMixin:
                 state["originals"][module] = _base_weight(layer).detach().to("cpu", copy=True)
                 state["merged_at_load"][module] = tuple(getattr(layer, "merged_adapters", ()))
         # diffusers takes (and may mutate) the dict: give it copies
-        self.load_lora_weights({k: v.clone() for k, v in adapter.tensors.items()}, adapter_name=key)
+        load_unet_lora(self, {k: v.clone() for k, v in adapter.tensors.items()}, adapter_name=key)
         state["keys"][name] = key
         state["layers"][name] = list(adapter.modules)
         state["metadata"][name] = adapter.metadata

@@ -12,13 +12,14 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from typing import Iterable
 
 from ..errors import ConceptEraseError
 from ..version import __version__
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "COMMANDS", "plain_text"]
 
 # command -> (module of this package that builds and runs it, one-line help), in --help order
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,14 +36,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 DESCRIPTION = ("Erase concepts from text-to-image diffusion models with SEMU adapters that load like LoRA "
-               "weights. Run `concept-erase COMMAND --help` for a command's options.")
+               "weights. Run 'concept-erase COMMAND --help' for a command's options.")
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as ``--help`` text: reST literals (````x````, ```x```) and ``::`` markers become plain text."""
+    doc = re.sub(r"``(.+?)``", r"\1", doc)
+    doc = re.sub(r"`([^`\n]+)`", r"'\1'", doc)
+    return doc.replace("::\n", ":\n")
 
 
 def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
     """The parser; ``commands`` are built in full (default: all), the others only named."""
     full = set(COMMANDS) if commands is None else set(commands)
     p = argparse.ArgumentParser(prog="concept-erase", description=DESCRIPTION)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the progress bars and warnings "
+                   "of diffusers and transformers (off otherwise)")
     p.add_argument("--version", action="version", version=f"concept-erase {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help) in COMMANDS.items():

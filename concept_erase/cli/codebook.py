@@ -9,8 +9,8 @@ def add_codebook_parser(sub, help: str) -> None:
 
     c = sub.add_parser("codebook", help=help)
     csub = c.add_subparsers(dest="codebook_command", required=True)
-    t = csub.add_parser("train", help="train the codebook bottleneck of a base model once (then `erase --method "
-                        "codebook --codebook FILE`)", description="Fit the codebook bottleneck to the text encoder's "
+    t = csub.add_parser("train", help="train the codebook bottleneck of a base model once (then 'erase --method "
+                        "codebook --codebook FILE')", description="Fit the codebook bottleneck to the text encoder's "
                         "embeddings of a prompt corpus. For --base world the corpus is the world's own captions.")
     t.add_argument("--base", default="world", help="'world', a local diffusers pipeline directory or a hub id")
     t.add_argument("--prompts", help="text file, one prompt a line (required unless --base world)")

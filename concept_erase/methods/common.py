@@ -1,5 +1,14 @@
 """What the erasure methods share beyond the diffusion plumbing: choosing layers, the seed offsets
-of their generated data, and the metadata every adapter carries (built here, once, for every method)."""
+of their generated data, mixed precision, and the metadata every adapter carries (built here, once,
+for every method).
+
+Mixed precision follows diffusers' training scripts (``train_text_to_image_lora.py``: the frozen
+weights in ``weight_dtype``, the trainable ones upcast by ``cast_training_params`` to float32): a
+method trains float32 copies of the weights it owns (:func:`master_weights`), so its optimiser
+state is float32 too, and runs the UNet in the base model's dtype on copies cast at every forward
+pass (:func:`mixed_precision_eps`); predictions come back as float32 and losses are computed in
+float32. On a float32 base model every cast is a no-op.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +21,14 @@ from torch import nn
 
 from ..adapter import UnlearningAdapter, unet_fingerprint
 from ..concepts import Concept
+from ..diffusion import functional_eps
 from ..errors import InvalidConfigError, TrainingDivergedError
 from ..version import library_versions
 from ..world import WEIGHTS_DIR
 
 __all__ = [
     "weight_modules", "select_modules", "adapter_metadata", "base_model_id", "make_adapter", "FORGET_OFFSET",
-    "RETAIN_OFFSET",
+    "RETAIN_OFFSET", "master_weights", "mixed_precision_eps", "float32_eps",
 ]
 
 # Seed offsets of the data a method generates (see `diffusion.data_seeds`).
@@ -47,6 +57,35 @@ def select_modules(unet: nn.Module, patterns: Iterable[str]) -> dict[str, nn.Mod
             f"Module names look like {examples}; patterns are shell globs such as '*attn2.to_k', or '*' for all."
         )
     return found
+
+
+# ---------------------------------------------------------------- mixed precision
+def master_weights(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Trainable float32 copies ``{"<module>.weight": W}`` of ``modules``' weights, whatever their dtype
+    (the modules themselves are not touched). An optimiser over them keeps float32 state."""
+    return {f"{n}.weight": m.weight.detach().to(torch.float32, copy=True).requires_grad_(True)
+            for n, m in modules.items()}
+
+
+def float32_eps(eps: Callable) -> Callable:
+    """``eps`` with its prediction returned as float32, so that losses on it are float32."""
+
+    def eps32(x_t, t, c):
+        return eps(x_t, t, c).float()
+
+    return eps32
+
+
+def mixed_precision_eps(unet: nn.Module, params: dict[str, torch.Tensor]) -> Callable:
+    """``eps(x_t, t, c)`` of ``unet`` with ``params`` (float32 master weights, see :func:`master_weights`)
+    cast to the UNet's dtype at every call and swapped in; the prediction is float32. The gradient
+    flows back through the cast to the float32 weights."""
+    dtype = unet.dtype
+
+    def eps(x_t, t, c):
+        return functional_eps(unet, {k: v.to(dtype) for k, v in params.items()})(x_t, t, c).float()
+
+    return eps
 
 
 # ---------------------------------------------------------------- the adapter every method returns

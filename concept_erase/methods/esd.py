@@ -27,7 +27,7 @@ from ..concepts import Concept, resolve_concept
 from ..config import check_choice, check_int, check_number, setting
 from ..diffusion import base_eps_of, check_finite, encode_prompts, frozen_unet, functional_eps
 from ..objectives import esd as esd_loss
-from .common import weight_modules
+from .common import float32_eps, master_weights, mixed_precision_eps, weight_modules
 from .dense import DenseExportSettings, adapter_from_deltas
 
 __all__ = ["EsdConfig", "erase_esd", "TRAIN_METHODS", "partial_sample"]
@@ -111,8 +111,8 @@ def erase_esd(pipe, concept: Concept | str | dict, config: EsdConfig | None = No
     c_null = encode_prompts(pipe, [""])  # (1, T, D)
 
     with frozen_unet(unet):
-        params = {f"{n}.weight": m.weight.detach().clone().requires_grad_(True) for n, m in modules.items()}
-        eps, base_eps = functional_eps(unet, params), base_eps_of(unet)
+        params = master_weights(modules)  # float32 whatever the UNet's dtype, so is Adam's state
+        eps, base_eps = mixed_precision_eps(unet, params), float32_eps(base_eps_of(unet))
         opt = torch.optim.Adam(params.values(), lr=config.learning_rate)
         bar = tqdm(range(config.iterations), desc=f"esd {concept.name}", disable=not progress)
         loss_value = None

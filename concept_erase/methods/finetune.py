@@ -1,9 +1,10 @@
 """Fine-tuning a subset of the UNet's weights on images the base pipeline generates, for the methods
 built on it (gradient ascent, task vectors), and their shared settings.
 
-The pipeline's own parameters are never written: the method trains *clones* of the weights it owns
-and runs the UNet on them with ``torch.func.functional_call``, so the base model stays available
-and is bit-identical afterwards, even on errors. The weight changes are exported as LoRA factors
+The pipeline's own parameters are never written: the method trains float32 *clones* of the weights
+it owns and runs the UNet on them, cast to its dtype, with ``torch.func.functional_call``
+(``common.mixed_precision_eps``), so the base model stays available and is bit-identical afterwards,
+even on errors. The weight changes are exported as LoRA factors
 (``dense.py``).
 """
 
@@ -21,7 +22,7 @@ from ..adapter import UnlearningAdapter
 from ..concepts import Concept
 from ..config import check_int, check_number, check_patterns, setting
 from ..diffusion import add_noise, check_finite, frozen_unet, functional_eps, prompt_latents
-from .common import FORGET_OFFSET, RETAIN_OFFSET, select_modules
+from .common import FORGET_OFFSET, RETAIN_OFFSET, master_weights, mixed_precision_eps, select_modules
 from .dense import DenseExportSettings, adapter_from_deltas
 
 __all__ = ["FinetuneSettings", "finetune_weights", "erase_by_finetuning"]
@@ -81,8 +82,8 @@ def finetune_weights(pipe, concept, modules: dict[str, nn.Module], config: Finet
         noise = torch.randn(x0[b].shape, generator=g).to(device=device, dtype=x0.dtype)
         return add_noise(alphas, x0[b], noise, t), t, noise, emb[idx[b]]
 
-    params = {f"{n}.weight": m.weight.detach().clone().requires_grad_(True) for n, m in modules.items()}
-    eps = functional_eps(unet, params)
+    params = master_weights(modules)  # float32 whatever the UNet's dtype, so is AdamW's state
+    eps = mixed_precision_eps(unet, params)
     opt = torch.optim.AdamW(params.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
     bar = tqdm(range(config.steps), desc=desc, disable=not progress)
     mse = torch.nn.functional.mse_loss

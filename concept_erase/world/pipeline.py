@@ -38,8 +38,10 @@ def load_pipeline(device: str | torch.device = "cpu", *, weights_dir: str | Path
     """
     from diffusers import StableDiffusionPipeline
 
+    from ..loading import dtype_kwargs  # dtype= or torch_dtype=, as the installed diffusers wants it
+
     pipe = StableDiffusionPipeline.from_pretrained(
-        pipeline_dir(weights_dir), torch_dtype=torch_dtype, safety_checker=None, feature_extractor=None,
+        pipeline_dir(weights_dir), **dtype_kwargs(torch_dtype), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, local_files_only=True,
     )
     pipe.set_progress_bar_config(disable=not progress)

@@ -3,7 +3,9 @@ Value Decomposition for Efficient Machine Unlearning", arXiv 2502.07587).
 
 It has LoRA's structure with ``lora_A = V_rᵀ`` and ``lora_B = U_r R``: a linear layer adds
 ``B (A x)``, a conv layer adds a ``(r, in, kh, kw)`` conv followed by a 1x1 conv. ``R`` starts at
-zero, so a fresh adapter reproduces the base model exactly. ``inject_`` swaps wrappers in and
+zero, so a fresh adapter reproduces the base model exactly. ``U_r``, ``V_r`` and ``R`` are float32
+whatever the base layer's dtype (the trainable weights and their optimiser state stay float32, as
+in diffusers' training scripts); the factors are cast to the base layer's dtype in the forward pass. ``inject_`` swaps wrappers in and
 ``remove_`` puts the untouched base modules back, so removal is exact by construction.
 
 For the "lora" ablation, :func:`peft_lora` injects PEFT LoRA layers ("LoRA: Low-Rank Adaptation of
@@ -37,7 +39,7 @@ class SemuLayer(nn.Module):
             raise InvalidConfigError("SEMU does not adapt grouped convolutions.")
         self.base = base
         r = u.shape[1]
-        dtype, device = base.weight.dtype, base.weight.device
+        dtype, device = torch.promote_types(base.weight.dtype, torch.float32), base.weight.device  # at least float32
         self.register_buffer("u", u.to(device=device, dtype=dtype), persistent=False)  # (out, r)
         self.register_buffer("v", v.to(device=device, dtype=dtype), persistent=False)  # (in*kh*kw, r)
         self.r = nn.Parameter(torch.zeros(r, r, device=device, dtype=dtype))  # eq. 7: R initialised to 0
@@ -65,7 +67,7 @@ class SemuLayer(nn.Module):
         y = self.base(x)
         if not self.enabled or self.scale == 0:
             return y
-        a, b = self.lora_factors()
+        a, b = (f.to(self.base.weight.dtype) for f in self.lora_factors())  # float32 -> the base dtype
         if isinstance(self.base, nn.Linear):
             return y + self.scale * F.linear(F.linear(x, a), b)
         base = self.base
@@ -122,6 +124,7 @@ def peft_lora(root: nn.Module, ranks: dict[str, int], *, adapter_name: str = "se
     PEFT never touched) are put back, and the ``requires_grad`` flags and ``peft_config`` attribute of
     ``root`` are restored, so ``root`` is exactly as it was. The global random state is not changed.
     """
+    from diffusers.training_utils import cast_training_params
     from peft import LoraConfig, inject_adapter_in_model
 
     originals = {name: root.get_submodule(name) for name in ranks}
@@ -141,6 +144,8 @@ def peft_lora(root: nn.Module, ranks: dict[str, int], *, adapter_name: str = "se
             torch.manual_seed(seed)
             inject_adapter_in_model(config, root, adapter_name=adapter_name)
         layers = {name: root.get_submodule(name) for name in ranks}
+        # PEFT creates the LoRA weights in the base layer's dtype; train them in float32, as diffusers' scripts do
+        cast_training_params([m for layer in layers.values() for m in (layer.lora_A, layer.lora_B)], torch.float32)
         for name, layer in layers.items():
             lora_a = getattr(layer, "lora_A", None)
             if (lora_a is None or adapter_name not in lora_a or lora_a[adapter_name].weight.shape[0] != ranks[name]

@@ -59,6 +59,7 @@ def gradient_subspace(grad: torch.Tensor, weight: torch.Tensor, gamma: float, *,
     ``row_mask`` (``(out,)`` bool, SEMU x SIMU) keeps only those rows of the projected gradient, and
     U_r is exactly zero outside them, so the adapter U_r R V_rᵀ changes no other output neuron.
     Works on one layer at a time in float64 on the gradient's device; nothing but the factors is kept.
+    The factors are float32 (or the weight's dtype when it is wider): they become trainable SEMU layers.
     """
     g = as_matrix(grad).double()
     w = as_matrix(weight).double()
@@ -73,7 +74,7 @@ def gradient_subspace(grad: torch.Tensor, weight: torch.Tensor, gamma: float, *,
     r = select_rank(s, gamma)
     if max_rank is not None:
         r = min(r, max_rank)
-    dtype = weight.dtype if weight.is_floating_point() else torch.float32
+    dtype = torch.promote_types(weight.dtype, torch.float32) if weight.is_floating_point() else torch.float32
     return u[:, :r].to(dtype), s[:r].to(dtype), vh[:r].T.contiguous().to(dtype)
 
 

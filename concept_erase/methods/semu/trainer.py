@@ -38,7 +38,8 @@ from ...concepts import Concept, resolve_concept
 from ...errors import InvalidConfigError
 from ...diffusion import add_noise, check_finite, encode_prompts, frozen_unet, functional_eps, prompt_latents
 from ...objectives import forget_loss, gradient_loss
-from ..common import FORGET_OFFSET, RETAIN_OFFSET, make_adapter, select_modules
+from ..common import (FORGET_OFFSET, RETAIN_OFFSET, float32_eps, make_adapter, master_weights, mixed_precision_eps,
+                      select_modules)
 from ..dense import adapter_from_deltas
 from ..simu.trainer import unet_critical_masks
 from ..sophia import Sophia, gnb_estimate
@@ -147,13 +148,13 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
     data = _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, device, config.max_timestep, g)
 
     targets = select_modules(unet, config.target_modules)
-    eps = _unet_eps(unet)
+    eps = float32_eps(_unet_eps(unet))  # losses in float32 whatever the UNet's dtype
     desc = f"erase {concept.name}"
     with frozen_unet(unet), _removed_after(unet):
         if config.parametrization == "full":
             # --- ablation: the full weight matrices, no subspace ---
-            params = {f"{name}.weight": m.weight.detach().clone().requires_grad_(True) for name, m in targets.items()}
-            history = _train(list(params.values()), functional_eps(unet, params), eps, data, config,
+            params = master_weights(targets)  # float32 whatever the UNet's dtype
+            history = _train(list(params.values()), mixed_precision_eps(unet, params), eps, data, config,
                              desc=desc, progress=progress)
         else:
             # --- 2-4. SEMU's subspace of each layer (the ablations keep its ranks) ---
@@ -219,13 +220,14 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
 
     Must run inside :func:`~concept_erase.diffusion.frozen_unet`; leaves no gradient behind."""
     unet, g = pipe.unet, data.g
-    eps = _unet_eps(unet)
+    eps = float32_eps(_unet_eps(unet))
     n_f = len(data.f_idx_t)
     # --- 2. forget gradient, summed over batches (each batch clipped to norm 1 first) ---
     weights = {name: m.weight for name, m in targets.items()}
     for w in weights.values():
         w.requires_grad_(True)
         w.grad = None
+    summed: dict[str, torch.Tensor] = {}  # float32 sums of the batch gradients, whatever the weights' dtype
     loss_fn = gradient_loss(config.gradient_loss)
     order = torch.randperm(n_f, generator=g)
     batches = order.chunk(min(config.gradient_batches, n_f))
@@ -240,8 +242,8 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
         if config.clip_gradient is not None:
             total = torch.sqrt(sum((gr.float() ** 2).sum() for gr in grads))
             scale = min(1.0, config.clip_gradient / (float(total) + 1e-12))
-        for w, gr in zip(weights.values(), grads):
-            w.grad = gr * scale if w.grad is None else w.grad.add_(gr, alpha=scale)
+        for name, gr in zip(weights, grads):
+            summed[name] = gr.float() * scale if name not in summed else summed[name].add_(gr.float(), alpha=scale)
         del grads
     # --- SEMU x SIMU: the critical neurons of the target layers (plain SEMU skips this) ---
     row_masks = {}
@@ -260,7 +262,7 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
             w.grad = None
             w.requires_grad_(False)
             continue
-        u, s, v = gradient_subspace(w.grad, w.detach(), config.gamma_for(name), max_rank=config.max_rank,
+        u, s, v = gradient_subspace(summed.pop(name), w.detach(), config.gamma_for(name), max_rank=config.max_rank,
                                     project=config.project, row_mask=mask)
         w.grad = None
         w.requires_grad_(False)

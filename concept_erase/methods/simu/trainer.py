@@ -31,7 +31,7 @@ from ...concepts import Concept, resolve_concept
 from ...diffusion import add_noise, base_eps_of, check_finite, encode_prompts, frozen_unet, functional_eps, \
     prompt_latents
 from ...errors import InvalidConfigError
-from ..common import FORGET_OFFSET, RETAIN_OFFSET, select_modules
+from ..common import FORGET_OFFSET, RETAIN_OFFSET, float32_eps, mixed_precision_eps, select_modules
 from ..dense import adapter_from_deltas
 from ..sophia import Sophia, gnb_estimate
 from .attribution import attribution_scores, critical_masks, dual_masks
@@ -137,10 +137,12 @@ def erase(pipe, concept: Concept | str | dict, config: SimuConfig | None = None,
         masks = {n: m.to(weights[n].device) for n, m in masks.items()}
 
         # --- 3. masked fine-tuning with Sophia ---
-        deltas = {n: torch.zeros_like(w, requires_grad=True) for n, w in weights.items()}
+        # D (and Sophia's state) in float32 whatever the UNet's dtype; W + M ⊙ D is cast back for the forward pass
+        deltas = {n: torch.zeros_like(w, dtype=torch.promote_types(w.dtype, torch.float32), requires_grad=True)
+                  for n, w in weights.items()}
         opt = Sophia(list(deltas.values()), lr=config.learning_rate, betas=(config.beta1, config.beta2),
                      rho=config.rho, weight_decay=config.weight_decay)
-        base_eps = base_eps_of(unet)
+        base_eps = float32_eps(base_eps_of(unet))
         x0_f, f_idx, c_f = forget
 
         def sample(x0, n):
@@ -150,7 +152,7 @@ def erase(pipe, concept: Concept | str | dict, config: SimuConfig | None = None,
         bar = tqdm(range(config.steps), desc=f"simu {concept.name}", disable=not progress)
         value = None
         for step in bar:
-            eps = functional_eps(unet, masked_weights(weights, masks, deltas))
+            eps = mixed_precision_eps(unet, masked_weights(weights, masks, deltas))
             b, (x_t, t, noise) = sample(x0_f, config.batch_size)
             pred_f = eps(x_t, t, c_f[f_idx[b]])
             if config.loss == "graddiff":
