@@ -441,12 +441,12 @@ class UnlearningAdapter:
                         subfolder: str | None = None, revision: str | None = None,
                         token: str | bool | None = None) -> "UnlearningAdapter":
         """Load an adapter from a file, a folder, a known name or a hub repo id
-        (:func:`concept_erase.loading.resolve_adapter`; ``revision``/``token`` for hub repos).
+        (:func:`concept_erase.hub.resolve_adapter`; ``revision``/``token`` for hub repos).
 
         >>> UnlearningAdapter.from_pretrained("no-red").name
         'red'
         """
-        from .loading import resolve_adapter
+        from .hub import resolve_adapter
 
         return cls.load(resolve_adapter(name_or_path, weight_name=weight_name, subfolder=subfolder,
                                         revision=revision, token=token))

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import os
 import re
 from pathlib import Path
 
@@ -27,17 +26,16 @@ import torch
 
 from .adapter import UnlearningAdapter
 from .codebook import CodebookEdit, attach_codebook_, detach_codebook_, is_codebook_file, loaded_codebook
-from .concepts import list_presets
 from .config import check_mixed_precision
 from .errors import (AdapterFormatError, AdapterStateError, InvalidConfigError, UnknownConceptError,
                      WeightsNotFoundError)
+from .hub import SHIPPED_ADAPTERS_DIR, adapter_home, known_adapters, resolve_adapter
 
 __all__ = ["resolve_adapter", "adapter_home", "known_adapters", "UnlearningMixin", "install_pipeline_methods",
            "SHIPPED_ADAPTERS_DIR", "load_base", "is_world", "default_device", "adapter_key", "base_dtype",
            "dtype_kwargs", "quiet_hf_logging", "load_unet_lora"]
 logger = logging.getLogger(__name__)
 
-SHIPPED_ADAPTERS_DIR = Path(__file__).parent / "adapters"
 
 
 # ---------------------------------------------------------------- base pipelines
@@ -168,124 +166,6 @@ def load_base(base: str | None, device: str | None = None, *, mixed_precision: s
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-# ---------------------------------------------------------------- adapter files
-def adapter_home() -> Path:
-    """The user's adapter directory: ``$CONCEPT_ERASE_HOME`` or ``~/.cache/concept-erase/adapters``."""
-    env = os.environ.get("CONCEPT_ERASE_HOME")
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "concept-erase" / "adapters"
-
-
-def known_adapters() -> dict[str, Path]:
-    """Adapter names available without a path: the user's directory first, then shipped ones."""
-    found: dict[str, Path] = {}
-    for directory in (adapter_home(), SHIPPED_ADAPTERS_DIR):
-        if directory.is_dir():
-            for p in sorted(directory.glob("*.safetensors")):
-                if not p.name.startswith("."):  # hidden: an unfinished write or another tool's temp file
-                    found.setdefault(p.stem, p)
-    return found
-
-
-def _from_directory(directory: Path, weight_name: str | None) -> Path:
-    if not directory.is_dir():
-        raise AdapterFormatError(f"{str(directory)!r} is not a directory (check `subfolder=`).")
-    if weight_name:
-        path = directory / weight_name
-        if not path.is_file():
-            raise AdapterFormatError(f"No file {weight_name!r} in {str(directory)!r}.")
-        return path
-    files = sorted(p for p in directory.glob("*.safetensors") if not p.name.startswith("."))
-    if len(files) != 1:
-        raise AdapterFormatError(
-            f"Directory {str(directory)!r} holds {len(files)} .safetensors files; pass `weight_name=` to pick one."
-        )
-    return files[0]
-
-
-def resolve_adapter(name_or_path: str | os.PathLike, *, weight_name: str | None = None, subfolder: str | None = None,
-                    revision: str | None = None, token: str | bool | None = None) -> Path:
-    """Find an adapter file: path → ``$CONCEPT_ERASE_HOME`` → shipped adapters → hub repo id.
-
-    ``weight_name`` and ``subfolder`` pick the file in a directory or hub repo (a repo or directory
-    holding one ``.safetensors`` file needs neither); ``revision`` (branch, tag or commit) and
-    ``token`` apply to hub repos. With ``HF_HUB_OFFLINE=1`` a hub repo is read from the local cache.
-
-    >>> resolve_adapter("no-red").name
-    'no-red.safetensors'
-    >>> resolve_adapter("someone/no-red", revision="v1.0", subfolder="sd15")  # doctest: +SKIP
-    PosixPath('.../models--someone--no-red/snapshots/<commit>/sd15/no-red.safetensors')
-    """
-    value = str(name_or_path)
-    path = Path(value).expanduser()
-    hub_like = value.count("/") == 1 and not value.startswith((".", "/", "~")) and not path.suffix
-    if (revision is not None or token is not None) and (path.exists() or not hub_like):
-        raise InvalidConfigError(f"`revision`/`token` apply to hub repo ids ('owner/name'), but {value!r} is "
-                                 "not one; leave them out for a file, a directory or a known name.")
-    if path.is_file():
-        return path
-    if path.is_dir():
-        return _from_directory(path / subfolder if subfolder else path, weight_name)
-    known = known_adapters()
-    stem = value[: -len(".safetensors")] if value.endswith(".safetensors") else value
-    if stem in known:
-        return known[stem]
-    if hub_like:
-        return _from_hub(value, weight_name, subfolder=subfolder, revision=revision, token=token)
-    trainable = [p for p in list_presets() if p not in known]
-    raise UnknownConceptError(
-        f"Unknown unlearning adapter {value!r}: it is not a file, a directory, or a known name. Known names: "
-        f"{', '.join(known) or '(none)'}. To make one, run `concept-erase erase --base DIR_OR_ID --preset NAME "
-        f"--out {adapter_home()}/NAME.safetensors` (presets: {', '.join(trainable)})."
-    )
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "on", "true", "yes")
-
-
-def _from_hub(repo_id: str, weight_name: str | None, *, subfolder: str | None = None, revision: str | None = None,
-              token: str | bool | None = None) -> Path:
-    """The adapter file of a hub repo, through huggingface_hub's cache (offline: the cache only)."""
-    from huggingface_hub import hf_hub_download, list_repo_files, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    offline = _hub_offline()
-    folder = (subfolder or "").strip("/")
-    where = f"hub repo {repo_id!r}" + (f" (revision {revision!r})" if revision else "") + (
-        f", subfolder {folder!r}" if folder else "")
-    command = " ".join(["hf download", repo_id, *([f"{folder}/{weight_name}" if folder else weight_name]
-                                                   if weight_name else []),
-                        *([f"--revision {revision}"] if revision else [])])
-    try:
-        if weight_name is None:
-            if offline:  # the cached snapshot of the revision: its one .safetensors file, as for a directory
-                snapshot = Path(snapshot_download(repo_id, revision=revision, token=token, local_files_only=True))
-                return _from_directory(snapshot / folder if folder else snapshot, None)
-            prefix = f"{folder}/" if folder else ""
-            files = [f for f in list_repo_files(repo_id, revision=revision, token=token)
-                     if f.endswith(".safetensors") and f.startswith(prefix) and "/" not in f[len(prefix):]]
-            if len(files) != 1:
-                raise AdapterFormatError(f"{where} has {len(files)} .safetensors files; pass `weight_name=`.")
-            weight_name = files[0][len(prefix):]
-        return Path(hf_hub_download(repo_id, weight_name, subfolder=folder or None, revision=revision, token=token,
-                                    local_files_only=offline))
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise UnknownConceptError(
-            f"Could not get adapter {weight_name or '(the .safetensors file)'} from {where}: it is not in the local "
-            f"Hugging Face cache and HF_HUB_OFFLINE is set ({e.__class__.__name__}). Download it while online with "
-            f"`{command}`, or pass the file's path."
-        ) from None
-    except (HfHubHTTPError, OSError) as e:
-        raise UnknownConceptError(
-            f"Could not get adapter {weight_name or '(the .safetensors file)'} from {where}: "
-            f"{e.__class__.__name__}: {str(e)[:300]}. Check the id, the revision, the token and the network; or "
-            f"download it with `{command}` and pass the file's path."
-        ) from None
 
 
 def _check_scale(scale) -> float:

@@ -141,15 +141,14 @@ _WEIGHT_FILE_SUFFIXES = (".safetensors", ".safetensor", ".pt", ".pth", ".bin", "
 def _check_destination(args) -> Path | None:
     """``--out`` / ``--push-to-hub`` checked before any training: a ``.safetensors`` path is a file,
     anything else a directory for :meth:`UnlearningAdapter.save_pretrained`."""
-    from ..hub import WEIGHT_NAME, looks_like_hub_id
-    from ..loading import _hub_offline
+    from ..hub import WEIGHT_NAME, is_offline, looks_like_hub_id
 
     if not args.out and not args.push_to_hub:
         raise OutputPathError("Give --out FILE.safetensors or --out DIRECTORY (or --push-to-hub REPO).")
     if args.push_to_hub is not None:
         if not looks_like_hub_id(args.push_to_hub):
             raise InvalidConfigError(f"--push-to-hub expects a hub repo id 'owner/name', but is {args.push_to_hub!r}.")
-        if _hub_offline():
+        if is_offline():
             raise InvalidConfigError("--push-to-hub needs the network, but HF_HUB_OFFLINE is set. Unset it, or save "
                                      "with --out DIRECTORY and upload later with `hf upload REPO DIRECTORY`.")
     if not args.out:
