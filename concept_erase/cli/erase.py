@@ -209,7 +209,7 @@ def add_export_parser(sub, help: str) -> None:
         "Convert an adapter, or any UNet LoRA file diffusers reads (PEFT, diffusers training-script or kohya keys), "
         "to another key format. Each format gives the same images as the input in the loaders it is for, whatever "
         "the layers' ranks. For ComfyUI use --format kohya."))
-    x.add_argument("file")
+    x.add_argument("file", help="an adapter or UNet LoRA .safetensors file")
     x.add_argument("--format", choices=list(_EXPORT_FORMATS), default="kohya",
                    help="; ".join(f"{k}: {v}" for k, v in _EXPORT_FORMATS.items()) + " (default: kohya)")
     x.add_argument("--out", help="output file (default: FILE.<format>.safetensors)")
