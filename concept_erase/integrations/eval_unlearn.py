@@ -39,7 +39,8 @@ from pathlib import Path
 from ..config import Config, check_choice, check_int, check_number, setting
 from ..errors import InvalidConfigError, InvalidPromptError, OutputPathError, UnknownConceptError
 
-__all__ = ["TechniqueConfig", "ConceptEraseTechnique", "WorldMetricConfig", "WorldConceptMetric", "resolve_concept_name"]
+__all__ = ["TechniqueConfig", "ConceptEraseTechnique", "WorldMetricConfig", "WorldConceptMetric",
+           "resolve_concept_name"]
 logger = logging.getLogger(__name__)
 
 NO_METHOD = "none"
@@ -116,7 +117,8 @@ class TechniqueConfig(Config):
                                                                      for a in self.adapter)):
             raise InvalidConfigError(f"`adapter` must be a name or path, or a non-empty list of them, but is "
                                      f"{self.adapter!r}.")
-        if self.erase_concept is not None and (not isinstance(self.erase_concept, str) or not self.erase_concept.strip()):
+        concept = self.erase_concept
+        if concept is not None and (not isinstance(concept, str) or not concept.strip()):
             raise InvalidConfigError(f"`erase_concept` must be a non-empty string, but is {self.erase_concept!r}.")
         if not isinstance(self.method_config, dict):
             raise InvalidConfigError(f"`method_config` must be an object of settings, but is {self.method_config!r}.")
