@@ -1,13 +1,17 @@
 """Diffusion plumbing every method, the evaluation and the demo share.
 
-- prompts -> text embeddings as the pipeline computes them (:func:`encode_prompts`), with a warning
-  (counts and an example) for prompts the text encoder would cut or cannot read (:func:`check_prompts`);
+- prompts -> what the UNet is conditioned on, as the pipeline itself computes it, for SD 1.x/2.x (one
+  text encoder) and SDXL (two, plus the pooled embedding and the size/crop ``time_ids``)
+  (:class:`Conditioning`, :func:`encode_conditioning`, :func:`null_conditioning`; :func:`encode_prompts`
+  for the hidden states alone), with a warning (counts and an example) for prompts the text encoder
+  would cut or cannot read (:func:`check_prompts`);
 - images and clean latents drawn by the pipeline itself, seeded per image so that a result depends
   only on its prompt and seed, never on the batch (:func:`generate_images`, :func:`generate_latents`,
   :func:`prompt_latents`); images -> latents through the VAE (:func:`encode_images`);
-- the forward process q(x_t | x_0) from ᾱ_t (:func:`add_noise`);
-- the UNet frozen and restored (:func:`frozen_unet`), run with swapped-in weights
-  (:func:`functional_eps`), losses checked for NaN/inf (:func:`check_finite`), pipeline progress
+- the forward process q(x_t | x_0) from ᾱ_t (:func:`add_noise`) and the target the UNet is trained to
+  predict there — ε, v or x_0, as the scheduler's ``prediction_type`` says (:func:`training_target`);
+- the UNet frozen and restored (:func:`frozen_unet`), called with a :class:`Conditioning`
+  (:func:`unet_prediction`), run with swapped-in weights (:func:`functional_eps`), losses checked for NaN/inf (:func:`check_finite`), pipeline progress
   bars silenced and restored (:func:`quiet_progress`).
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -23,12 +28,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import InvalidPromptError, TrainingDivergedError
+from .errors import InvalidPromptError, TrainingDivergedError, UnsupportedArchitectureError
 
 __all__ = [
-    "encode_prompts", "check_prompts", "generate_images", "generate_latents", "prompt_latents", "data_seeds",
-    "cycle_indices",
-    "encode_images", "add_noise", "frozen_unet", "functional_eps", "base_eps_of", "check_finite", "quiet_progress",
+    "Conditioning", "encode_conditioning", "null_conditioning", "encode_prompts", "check_prompts",
+    "generate_images", "generate_latents", "prompt_data", "prompt_latents", "data_seeds", "cycle_indices",
+    "encode_images", "add_noise", "training_target", "PREDICTION_TYPES", "frozen_unet", "unet_prediction",
+    "functional_eps", "base_eps_of", "check_finite", "quiet_progress",
 ]
 logger = logging.getLogger(__name__)
 _WARNED: set[tuple[int, str]] = set()  # (tokenizer, prompt) pairs already reported in this process
@@ -79,12 +85,125 @@ def check_prompts(pipe, prompts: Sequence[str], *, what: str = "prompts", warn: 
     return found
 
 
-def encode_prompts(pipe, prompts: Sequence[str]) -> torch.Tensor:
-    """Text embeddings ``(N, T, D)`` as the pipeline would compute them (see :func:`check_prompts`)."""
-    check_prompts(pipe, prompts)
+@dataclass(frozen=True)
+class Conditioning:
+    """What the UNet is conditioned on, one row per prompt.
+
+    ``hidden_states`` ``(N, T, D)`` go to cross-attention (``encoder_hidden_states``). SDXL's UNet
+    (``addition_embed_type="text_time"``) also takes ``added_cond_kwargs``: ``text_embeds`` ``(N, P)``,
+    the pooled, projected output of the second text encoder, and ``time_ids`` ``(N, 6)``, the
+    micro-conditioning (original size, crop top-left, target size); both are ``None`` for SD 1.x/2.x.
+    Indexing and :meth:`expand` act on the prompt (batch) dimension of every part together.
+
+    >>> cond = encode_conditioning(pipe, ["a red circle", "a red square"])  # doctest: +SKIP
+    >>> pipe.unet(x_t, t, **cond[[1, 0, 1]].unet_kwargs()).sample          # doctest: +SKIP
+    """
+
+    hidden_states: torch.Tensor
+    text_embeds: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    def _map(self, fn) -> "Conditioning":
+        return Conditioning(*(None if x is None else fn(x) for x in (self.hidden_states, self.text_embeds,
+                                                                      self.time_ids)))
+
+    def __len__(self) -> int:
+        return self.hidden_states.shape[0]
+
+    def __getitem__(self, index) -> "Conditioning":
+        return self._map(lambda x: x[index])
+
+    def expand(self, n: int) -> "Conditioning":
+        """A one-prompt conditioning repeated ``n`` times (a view, as ``Tensor.expand``)."""
+        if len(self) != 1:
+            raise ValueError(f"expand() repeats a one-prompt Conditioning, but this one holds {len(self)}.")
+        return self._map(lambda x: x.expand(n, *x.shape[1:]))
+
+    @staticmethod
+    def cat(parts: Sequence["Conditioning"]) -> "Conditioning":
+        """The conditionings of ``parts`` one after the other (``torch.cat`` on the batch dimension)."""
+        first = parts[0]
+        return Conditioning(*(None if getattr(first, f) is None else torch.cat([getattr(p, f) for p in parts])
+                              for f in ("hidden_states", "text_embeds", "time_ids")))
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden_states.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hidden_states.dtype
+
+    def unet_kwargs(self) -> dict:
+        """Keyword arguments of ``UNet2DConditionModel.forward`` for this conditioning."""
+        kwargs = {"encoder_hidden_states": self.hidden_states}
+        if self.text_embeds is not None:
+            kwargs["added_cond_kwargs"] = {"text_embeds": self.text_embeds, "time_ids": self.time_ids}
+        return kwargs
+
+
+def _conditioning_kind(pipe) -> str:
+    """``"text"`` (SD 1.x/2.x: cross-attention only) or ``"text_time"`` (SDXL); anything else raises."""
+    kind = pipe.unet.config.get("addition_embed_type")
+    if kind is None:
+        return "text"
+    if kind == "text_time" and hasattr(pipe, "_get_add_time_ids") and hasattr(pipe, "text_encoder_2"):
+        if pipe.config.get("requires_aesthetics_score", False):
+            raise UnsupportedArchitectureError(
+                f"{type(pipe).__name__} conditions on an aesthetic score (the SDXL refiner); concept-erase trains "
+                "on base text-to-image pipelines: load the SDXL base model with StableDiffusionXLPipeline.")
+        return "text_time"
+    raise UnsupportedArchitectureError(
+        f"The UNet of {type(pipe).__name__} has addition_embed_type={kind!r}; concept-erase knows how to condition "
+        "SD 1.x/2.x UNets (None) and SDXL UNets ('text_time', in a StableDiffusionXLPipeline).")
+
+
+def _encode(pipe, prompts: list[str], *, guidance: bool) -> tuple[Conditioning, Conditioning | None]:
+    """The pipeline's own ``encode_prompt``: the prompts' conditioning and, with ``guidance``, the
+    unconditional one the pipeline pairs with it for classifier-free guidance."""
+    kind = _conditioning_kind(pipe)
+    device = pipe._execution_device
     with torch.no_grad():
-        emb, _ = pipe.encode_prompt(list(prompts), pipe._execution_device, 1, False)
-    return emb
+        if kind == "text":
+            emb, neg = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
+                                          do_classifier_free_guidance=guidance)
+            return Conditioning(emb), (Conditioning(neg) if guidance else None)
+        # SDXL: both text encoders' penultimate hidden states concatenated (N, 77, 768 + 1280), the second
+        # encoder's pooled projection (N, 1280), and the time ids the pipeline's __call__ uses at its
+        # default size, no crop (original = target = default_sample_size · vae_scale_factor).
+        emb, neg, pooled, neg_pooled = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
+                                                          do_classifier_free_guidance=guidance)
+        size = pipe.default_sample_size * pipe.vae_scale_factor
+        proj = (pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None
+                else int(pooled.shape[-1]))
+        time_ids = pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=emb.dtype,
+                                          text_encoder_projection_dim=proj).to(device)  # (1, 6)
+        cond = Conditioning(emb, pooled, time_ids.expand(len(prompts), -1))
+        null = Conditioning(neg, neg_pooled, time_ids.expand(len(prompts), -1)) if guidance else None
+        return cond, null
+
+
+def encode_conditioning(pipe, prompts: Sequence[str]) -> Conditioning:
+    """The UNet's conditioning for ``prompts`` as the pipeline computes it (see :func:`check_prompts`).
+
+    >>> encode_conditioning(pipe, ["a red circle"]).hidden_states.shape  # doctest: +SKIP
+    torch.Size([1, 77, 768])
+    """
+    check_prompts(pipe, prompts)
+    return _encode(pipe, list(prompts), guidance=False)[0]
+
+
+def null_conditioning(pipe) -> Conditioning:
+    """The unconditional branch of classifier-free guidance, one row, as the pipeline builds it: the
+    empty prompt's encoding (SD 1.x/2.x), or zeros when an SDXL pipeline has
+    ``force_zeros_for_empty_prompt`` (the SDXL base model does)."""
+    return _encode(pipe, [""], guidance=True)[1]
+
+
+def encode_prompts(pipe, prompts: Sequence[str]) -> torch.Tensor:
+    """Text embeddings ``(N, T, D)`` as the pipeline would compute them (see :func:`check_prompts`):
+    the hidden states of :func:`encode_conditioning`."""
+    return encode_conditioning(pipe, prompts).hidden_states
 
 
 def _generators(device, seeds: Sequence[int]) -> list[torch.Generator]:
@@ -143,16 +262,24 @@ def data_seeds(seed: int, n: int, *, offset: int = 0) -> list[int]:
     return [seed * 1_000_003 + offset + i for i in range(n)]
 
 
-def prompt_latents(pipe, prompts: Sequence[str], n: int, *, seed: int, offset: int, steps: int, guidance: float,
-                   progress: bool = False, desc: str = "sample") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def prompt_data(pipe, prompts: Sequence[str], n: int, *, seed: int, offset: int, steps: int, guidance: float,
+                progress: bool = False, desc: str = "sample") -> tuple[torch.Tensor, torch.Tensor, Conditioning]:
     """``n`` clean latents ``(n, C, h, w)`` sampled by the pipeline from ``prompts`` (cycled), the
-    prompt index of each, and the text embeddings of ``prompts`` ``(len(prompts), T, D)``."""
+    prompt index of each, and the :class:`Conditioning` of ``prompts`` (``len(prompts)`` rows)."""
     idx = cycle_indices(len(prompts), n)
     with quiet_progress(pipe):
         x0 = generate_latents(pipe, [prompts[i] for i in idx], data_seeds(seed, n, offset=offset), steps=steps,
                               guidance=guidance, progress=progress, desc=desc)
-        emb = encode_prompts(pipe, prompts)
-    return x0, torch.tensor(idx), emb
+        cond = encode_conditioning(pipe, prompts)
+    return x0, torch.tensor(idx), cond
+
+
+def prompt_latents(pipe, prompts: Sequence[str], n: int, *, seed: int, offset: int, steps: int, guidance: float,
+                   progress: bool = False, desc: str = "sample") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`prompt_data` with the text embeddings ``(len(prompts), T, D)`` alone in place of the conditioning."""
+    x0, idx, cond = prompt_data(pipe, prompts, n, seed=seed, offset=offset, steps=steps, guidance=guidance,
+                                progress=progress, desc=desc)
+    return x0, idx, cond.hidden_states
 
 
 @torch.no_grad()
@@ -181,6 +308,40 @@ def add_noise(alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tenso
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to output at x_t = :func:`add_noise` (``latents``, ``noise``, ``timesteps``):
+    the noise ε (``prediction_type="epsilon"``: SD 1.x, SD 2.x-base, SDXL), the velocity
+    v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (``"v_prediction"``: SD 2.x at 768 px; Salimans and Ho, "Progressive
+    Distillation for Fast Sampling of Diffusion Models", arXiv 2202.00512, §4) or x_0 itself (``"sample"``).
+    Every loss that compares the UNet's output with something other than another UNet output uses it.
+
+    v comes from ``get_velocity`` of a ``DDPMScheduler`` with the pipeline scheduler's config (its noise
+    schedule), as diffusers' training scripts compute it: a sampling scheduler's own ``get_velocity``
+    (Euler) only knows the timesteps of its last ``set_timesteps``.
+
+    >>> training_target(pipe.scheduler, x0, noise, t)  # doctest: +SKIP
+    """
+    kind = scheduler.config.get("prediction_type")
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return latents
+    if kind == "v_prediction":
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        schedule = scheduler if isinstance(scheduler, (DDPMScheduler, DDIMScheduler)) else \
+            DDPMScheduler.from_config(scheduler.config)
+        return schedule.get_velocity(latents, noise, timesteps.to(latents.device))
+    raise UnsupportedArchitectureError(
+        f"The pipeline's scheduler {type(scheduler).__name__} has prediction_type={kind!r}; concept-erase trains "
+        f"UNets that predict one of {', '.join(PREDICTION_TYPES)} (flow-matching models are not supported). If the "
+        "model predicts one of these, set it: pipe.scheduler = type(pipe.scheduler).from_config("
+        "pipe.scheduler.config, prediction_type=...).")
+
+
 # ---------------------------------------------------------------- the UNet
 @contextlib.contextmanager
 def frozen_unet(unet: nn.Module):
@@ -200,11 +361,23 @@ def frozen_unet(unet: nn.Module):
         unet.train(was_training)
 
 
+def _unet_kwargs(c: Conditioning | torch.Tensor) -> dict:
+    return c.unet_kwargs() if isinstance(c, Conditioning) else {"encoder_hidden_states": c}
+
+
+def unet_prediction(unet: nn.Module, x_t: torch.Tensor, t: torch.Tensor, c: Conditioning | torch.Tensor
+                    ) -> torch.Tensor:
+    """The UNet's output at ``(x_t, t)`` conditioned on ``c`` (a :class:`Conditioning`, or bare hidden
+    states ``(B, T, D)`` for a UNet without added conditions)."""
+    return unet(x_t, t, **_unet_kwargs(c)).sample
+
+
 def functional_eps(unet: nn.Module, params: dict[str, torch.Tensor]):
-    """``eps(x_t, t, c)`` of ``unet`` with ``params`` (``"<module>.weight"`` -> tensor) swapped in."""
+    """``eps(x_t, t, c)`` of ``unet`` with ``params`` (``"<module>.weight"`` -> tensor) swapped in; ``c`` as
+    in :func:`unet_prediction`. (Named for ε; it is whatever the UNet predicts, see :func:`training_target`.)"""
 
     def eps(x_t, t, c):
-        return torch.func.functional_call(unet, params, (x_t, t), {"encoder_hidden_states": c}).sample
+        return torch.func.functional_call(unet, params, (x_t, t), _unet_kwargs(c)).sample
 
     return eps
 
@@ -214,7 +387,7 @@ def base_eps_of(unet: nn.Module):
 
     def eps(x_t, t, c):
         with torch.no_grad():
-            return unet(x_t, t, encoder_hidden_states=c).sample
+            return unet_prediction(unet, x_t, t, c)
 
     return eps
 

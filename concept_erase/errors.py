@@ -15,6 +15,7 @@ __all__ = [
     "WeightsNotFoundError",
     "AdapterFormatError",
     "ArchitectureMismatchError",
+    "UnsupportedArchitectureError",
     "TrainingDivergedError",
     "MissingDependencyError",
     "OutputPathError",
@@ -51,6 +52,11 @@ class AdapterFormatError(ConceptEraseError, ValueError):
 
 class ArchitectureMismatchError(ConceptEraseError, ValueError):
     """An adapter was made for a UNet of another architecture."""
+
+
+class UnsupportedArchitectureError(ConceptEraseError, ValueError):
+    """A method cannot train on this kind of pipeline (its UNet's conditioning, its scheduler's prediction
+    type); the message names the method or setting and the reason."""
 
 
 class TrainingDivergedError(ConceptEraseError, FloatingPointError):

@@ -1,8 +1,11 @@
 """Unlearning losses on a diffusion UNet, shared by SEMU and the peer methods.
 
-Each loss is a function of the adapted model's prediction ``eps`` (a callable
-``eps(x_t, t, text_embeddings)``) and of the frozen base model's ``base_eps`` (same signature,
-no gradient). Names are what ``SemuConfig(objective=...)`` and ``--objective`` accept.
+Each loss is a function of the adapted model's prediction ``eps`` (a callable ``eps(x_t, t, c)``,
+``c`` a :class:`~concept_erase.diffusion.Conditioning`) and of the frozen base model's ``base_eps``
+(same signature, no gradient). ``target`` is what the UNet is trained to output at x_t — ε, v or x_0
+as its scheduler predicts (:func:`~concept_erase.diffusion.training_target`); losses that compare two
+model outputs (relabelling, ESD) do not use it, losses against the data (gradient ascent, the forget
+gradient) must. Names are what ``SemuConfig(objective=...)`` and ``--objective`` accept.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ __all__ = ["OBJECTIVES", "GRADIENT_LOSSES", "forget_loss", "gradient_loss"]
 Eps = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def relabel(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, eta: float = 1.0):
+def relabel(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0):
     """Relabelling (SalUn, arXiv 2310.12508; SEMU, arXiv 2502.07587): MSE(ε_θ'(x_t, c_f), sg ε_θ(x_t, c_a))."""
     with torch.no_grad():
         target = base_eps(x_t, t, c_anchor)
     return F.mse_loss(eps(x_t, t, c_forget), target)
 
 
-def esd(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, eta: float = 1.0):
+def esd(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0):
     """ESD negative guidance (arXiv 2303.07345, eq. 5): MSE(ε_θ'(x_t, c), ε*(x_t, ∅) − η(ε*(x_t, c) − ε*(x_t, ∅)))."""
     with torch.no_grad():
         e_null, e_c = base_eps(x_t, t, c_null), base_eps(x_t, t, c_forget)
@@ -34,9 +37,9 @@ def esd(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, e
     return F.mse_loss(eps(x_t, t, c_forget), target)
 
 
-def gradient_ascent(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, eta: float = 1.0):
-    """Plain gradient ascent on the denoising loss of the forget data: −MSE(ε_θ'(x_t, c_f), ε)."""
-    return -F.mse_loss(eps(x_t, t, c_forget), noise)
+def gradient_ascent(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0):
+    """Plain gradient ascent on the denoising loss of the forget data: −MSE(ε_θ'(x_t, c_f), target)."""
+    return -F.mse_loss(eps(x_t, t, c_forget), target)
 
 
 OBJECTIVES = {"relabel": relabel, "esd": esd, "gradient_ascent": gradient_ascent}
@@ -48,13 +51,14 @@ def forget_loss(name: str) -> Callable:
     return OBJECTIVES[name]
 
 
-def guided_ascent(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, guidance: float = 7.5):
-    """The official SEMU SD code's forget-gradient loss: −MSE(ε, (1+w)·ε_θ(x_t, c_f) − w·ε_θ(x_t, ∅))."""
+def guided_ascent(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, guidance: float = 7.5):
+    """The official SEMU SD code's forget-gradient loss: −MSE(target, (1+w)·ε_θ(x_t, c_f) − w·ε_θ(x_t, ∅))
+    (the official code's target is ε; guidance is linear, so a v-predicting UNet's guided v is compared with v)."""
     guided = (1 + guidance) * eps(x_t, t, c_forget) - guidance * eps(x_t, t, c_null)
-    return -F.mse_loss(guided, noise)
+    return -F.mse_loss(guided, target)
 
 
-def relabel_gradient(eps: Eps, base_eps: Eps, x_t, t, noise, c_forget, c_anchor, c_null, *, guidance: float = 7.5):
+def relabel_gradient(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, guidance: float = 7.5):
     """The relabel loss itself: its gradient at the base weights points where training will go."""
     with torch.no_grad():
         target = eps(x_t, t, c_anchor)

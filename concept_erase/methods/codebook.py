@@ -32,7 +32,7 @@ from ..codebook import DEACTIVATE_MODES, Codebook, CodebookEdit
 from ..concepts import Concept, resolve_concept
 from ..config import Config, check_choice, check_fraction, check_int, check_number, setting
 from ..diffusion import encode_prompts
-from ..errors import InvalidConfigError, WeightsNotFoundError
+from ..errors import InvalidConfigError, UnsupportedArchitectureError, WeightsNotFoundError
 from ..world import WEIGHTS_DIR
 from ..hub import WORLD_MODEL_ID
 from .common import adapter_metadata, base_model_id
@@ -211,6 +211,14 @@ def erase_codebook(pipe, concept: Concept | str | dict, config: CodebookConfig |
     """
     start = time.perf_counter()
     concept, config = resolve_concept(concept), config or CodebookConfig()
+    added = pipe.unet.config.get("addition_embed_type")
+    if added is not None:
+        # SDXL's UNet also reads the prompt through the pooled text embedding (added_cond_kwargs), a path
+        # around the bottleneck on encoder_hidden_states: switching codes off could not remove the concept.
+        raise UnsupportedArchitectureError(
+            f"The codebook method cannot erase from {type(pipe).__name__}: its UNet (addition_embed_type={added!r}) "
+            "also conditions on the pooled text embedding, which bypasses the codebook bottleneck on the "
+            "cross-attention text embeddings. Use semu, esd-x, uce or another method on this model.")
     base = load_codebook(pipe, config.codebook)
     neutral_prompts = list(dict.fromkeys([*concept.anchor, *concept.retain]))
     if not neutral_prompts:

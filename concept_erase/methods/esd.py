@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from ..concepts import Concept, resolve_concept
 from ..config import check_choice, check_int, check_number, setting
-from ..diffusion import base_eps_of, check_finite, encode_prompts, frozen_unet, functional_eps
+from ..diffusion import (Conditioning, base_eps_of, check_finite, encode_conditioning, frozen_unet, functional_eps,
+                         null_conditioning, unet_prediction)
 from ..objectives import esd as esd_loss
 from .common import float32_eps, master_weights, mixed_precision_eps, weight_modules
 from .dense import DenseExportSettings, adapter_from_deltas
@@ -74,20 +75,22 @@ class EsdConfig(DenseExportSettings):
         check_number(self, "negative_guidance", "sample_guidance", allow_zero=True)
 
 
-def partial_sample(pipe, scheduler, c: torch.Tensor, c_null: torch.Tensor, stop: int, *, guidance: float,
+def partial_sample(pipe, scheduler, c: Conditioning, c_null: Conditioning, stop: int, *, guidance: float,
                    generator: torch.Generator) -> torch.Tensor:
-    """x at the ``stop``-th timestep of ``scheduler`` (already ``set_timesteps``): ``stop`` sampler steps
-    of the frozen UNet from pure noise with classifier-free guidance. ``c``: ``(B, T, D)``."""
+    """x at the ``stop``-th timestep of ``scheduler`` (already ``set_timesteps``), as the sampler keeps it:
+    ``stop`` sampler steps of the frozen UNet from pure noise with classifier-free guidance, conditioned on
+    ``c`` (``B`` prompts) against the one-row ``c_null`` (bare hidden states stand for themselves)."""
+    c, c_null = (x if isinstance(x, Conditioning) else Conditioning(x) for x in (c, c_null))
     unet = pipe.unet
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    shape = (c.shape[0], unet.config.in_channels, *size)
+    shape = (len(c), unet.config.in_channels, *size)
     x = torch.randn(shape, generator=generator).to(device=c.device, dtype=c.dtype) * scheduler.init_noise_sigma
-    cond = torch.cat([c_null.expand(c.shape[0], -1, -1), c])
+    cond = Conditioning.cat([c_null.expand(len(c)), c])
     with torch.no_grad():
         for t in scheduler.timesteps[:stop]:
             inp = scheduler.scale_model_input(torch.cat([x, x]), t)
-            e_null, e_c = unet(inp, t, encoder_hidden_states=cond).sample.chunk(2)
+            e_null, e_c = unet_prediction(unet, inp, t, cond).chunk(2)
             x = scheduler.step(e_null + guidance * (e_c - e_null), t, x).prev_sample
     return x
 
@@ -107,8 +110,8 @@ def erase_esd(pipe, concept: Concept | str | dict, config: EsdConfig | None = No
     # A private scheduler: the pipeline's keeps its state. Same class and noise schedule.
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     prompts = concept.phrase_prompts()  # esd_sd.py --prompt: the concept's name
-    c_f = encode_prompts(pipe, prompts)  # (P, T, D)
-    c_null = encode_prompts(pipe, [""])  # (1, T, D)
+    c_f = encode_conditioning(pipe, prompts)  # P rows
+    c_null = null_conditioning(pipe)  # 1 row: the pipeline's unconditional branch
 
     with frozen_unet(unet):
         params = master_weights(modules)  # float32 whatever the UNet's dtype, so is Adam's state
@@ -121,8 +124,11 @@ def erase_esd(pipe, concept: Concept | str | dict, config: EsdConfig | None = No
             stop = int(torch.randint(0, config.sample_steps, (1,), generator=g))  # run_till_timestep
             scheduler.set_timesteps(config.sample_steps, device=c_f.device)
             x_t = partial_sample(pipe, scheduler, c_f[fi], c_null, stop, guidance=config.sample_guidance, generator=g)
+            # Euler-type schedulers keep x in σ-space (x_0 + σε); the UNet takes x / √(σ² + 1), the forward
+            # process's sample at t. DDIM and DPM-Solver keep that sample already (scale_model_input is 1 there).
+            x_t = scheduler.scale_model_input(x_t, scheduler.timesteps[stop])
             t = scheduler.timesteps[stop].expand(config.batch_size)
-            null = c_null.expand(config.batch_size, -1, -1)
+            null = c_null.expand(config.batch_size)
             loss = esd_loss(eps, base_eps, x_t, t, None, c_f[fi], None, null, eta=config.negative_guidance)
             check_finite(loss, "ESD loss", it)
             opt.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..adapter import UnlearningAdapter
 from ..concepts import Concept
 from ..config import check_int, check_number, check_patterns, setting
-from ..diffusion import add_noise, check_finite, frozen_unet, functional_eps, prompt_latents
+from ..diffusion import add_noise, check_finite, frozen_unet, functional_eps, prompt_data, training_target
 from .common import FORGET_OFFSET, RETAIN_OFFSET, master_weights, mixed_precision_eps, select_modules
 from .dense import DenseExportSettings, adapter_from_deltas
 
@@ -59,7 +59,8 @@ def finetune_weights(pipe, concept, modules: dict[str, nn.Module], config: Finet
                      retain_weight: float, progress: bool, desc: str) -> tuple[dict[str, torch.Tensor], float | None]:
     """Train clones of ``modules``' weights on the denoising loss of generated data and return them.
 
-    loss = forget_weight · MSE(ε_θ(x_t, c_f), ε) + retain_weight · MSE(ε_θ(x_t^r, c_r), ε), AdamW.
+    loss = forget_weight · MSE(ε_θ(x_t, c_f), y) + retain_weight · MSE(ε_θ(x_t^r, c_r), y^r), AdamW, where y
+    is the UNet's training target at x_t (ε, v or x_0: :func:`~concept_erase.diffusion.training_target`).
     Gradient ascent uses (−α, 1−α); a task vector's fine-tune uses (1, 0). ``config``
     supplies the data and optimiser fields the two configs share. Must run inside
     :func:`~concept_erase.diffusion.frozen_unet`.
@@ -69,18 +70,18 @@ def finetune_weights(pipe, concept, modules: dict[str, nn.Module], config: Finet
     alphas = pipe.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     g = torch.Generator().manual_seed(config.seed)
     common = dict(seed=config.seed, steps=config.sample_steps, guidance=config.sample_guidance, progress=progress)
-    x0_f, f_idx, c_f = prompt_latents(pipe, concept.forget, config.num_forget_images, offset=FORGET_OFFSET,
-                                      desc="forget latents", **common)
+    x0_f, f_idx, c_f = prompt_data(pipe, concept.forget, config.num_forget_images, offset=FORGET_OFFSET,
+                                   desc="forget latents", **common)
     use_retain = retain_weight != 0 and bool(concept.retain) and config.num_retain_images > 0
     if use_retain:
-        x0_r, r_idx, c_r = prompt_latents(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
-                                          desc="retain latents", **common)
+        x0_r, r_idx, c_r = prompt_data(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
+                                       desc="retain latents", **common)
 
     def batch(x0, idx, emb):
         b = torch.randint(0, len(x0), (min(config.batch_size, len(x0)),), generator=g)
         t = torch.randint(0, config.max_timestep, (len(b),), generator=g).to(device)
         noise = torch.randn(x0[b].shape, generator=g).to(device=device, dtype=x0.dtype)
-        return add_noise(alphas, x0[b], noise, t), t, noise, emb[idx[b]]
+        return add_noise(alphas, x0[b], noise, t), t, training_target(pipe.scheduler, x0[b], noise, t), emb[idx[b]]
 
     params = master_weights(modules)  # float32 whatever the UNet's dtype, so is AdamW's state
     eps = mixed_precision_eps(unet, params)
@@ -89,12 +90,12 @@ def finetune_weights(pipe, concept, modules: dict[str, nn.Module], config: Finet
     mse = torch.nn.functional.mse_loss
     value = None
     for step in bar:
-        x_t, t, noise, c = batch(x0_f, f_idx, c_f)
-        loss_f = mse(eps(x_t, t, c), noise)
+        x_t, t, target, c = batch(x0_f, f_idx, c_f)
+        loss_f = mse(eps(x_t, t, c), target)
         loss = forget_weight * loss_f
         if use_retain:
-            xr_t, tr, noise_r, cr = batch(x0_r, r_idx, c_r)
-            loss = loss + retain_weight * mse(eps(xr_t, tr, cr), noise_r)
+            xr_t, tr, target_r, cr = batch(x0_r, r_idx, c_r)
+            loss = loss + retain_weight * mse(eps(xr_t, tr, cr), target_r)
         check_finite(loss, "loss", step)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 from ...adapter import UnlearningAdapter
 from ...concepts import Concept, resolve_concept
 from ...errors import InvalidConfigError
-from ...diffusion import add_noise, check_finite, encode_prompts, frozen_unet, functional_eps, prompt_latents
+from ...diffusion import (Conditioning, add_noise, check_finite, encode_conditioning, frozen_unet, functional_eps,
+                          null_conditioning, prompt_data, training_target, unet_prediction)
 from ...objectives import forget_loss, gradient_loss
 from ..common import (FORGET_OFFSET, RETAIN_OFFSET, float32_eps, make_adapter, master_weights, mixed_precision_eps,
                       select_modules)
@@ -83,24 +84,26 @@ class _Data:
 
     x0_f: torch.Tensor
     f_idx_t: torch.Tensor
-    c_f: torch.Tensor
-    c_a: torch.Tensor
-    c_null: torch.Tensor
-    retain: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # (x0_r, r_idx_t, c_r) when used
+    c_f: Conditioning
+    c_a: Conditioning
+    c_null: Conditioning
+    retain: tuple[torch.Tensor, torch.Tensor, Conditioning] | None  # (x0_r, r_idx_t, c_r) when used
     alphas: torch.Tensor
+    scheduler: object  # the pipeline's: its prediction type sets the training target
     device: torch.device
     max_timestep: int
     g: torch.Generator
 
     def noised(self, x0, idx):
+        """``(x_t, t, target)``: x_0[idx] noised at random t, and what the UNet should predict there."""
         t = torch.randint(0, self.max_timestep, (len(idx),), generator=self.g).to(self.device)
         noise = torch.randn(x0[idx].shape, generator=self.g).to(device=self.device, dtype=x0.dtype)
-        return add_noise(self.alphas, x0[idx], noise, t), t, noise
+        return add_noise(self.alphas, x0[idx], noise, t), t, training_target(self.scheduler, x0[idx], noise, t)
 
 
 def _unet_eps(unet) -> Callable:
     def eps(x_t, t, c):
-        return unet(x_t, t, encoder_hidden_states=c).sample
+        return unet_prediction(unet, x_t, t, c)
 
     return eps
 
@@ -136,16 +139,15 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
     # --- 1. data from prompts alone ---
     n_f = config.num_forget_images
     gen = dict(seed=config.seed, steps=config.sample_steps, guidance=config.sample_guidance, progress=progress)
-    x0_f, f_idx_t, c_f = prompt_latents(pipe, concept.forget, n_f, offset=FORGET_OFFSET, desc="forget latents",
-                                        **gen)
-    c_a = encode_prompts(pipe, concept.anchor)
-    c_null = encode_prompts(pipe, [""])
+    x0_f, f_idx_t, c_f = prompt_data(pipe, concept.forget, n_f, offset=FORGET_OFFSET, desc="forget latents", **gen)
+    c_a = encode_conditioning(pipe, concept.anchor)
+    c_null = null_conditioning(pipe)
     use_retain = bool(concept.retain) and config.num_retain_images > 0 and config.retain_weight > 0
     retain = None
     if use_retain:
-        retain = prompt_latents(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
-                                desc="retain latents", **gen)
-    data = _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, device, config.max_timestep, g)
+        retain = prompt_data(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
+                             desc="retain latents", **gen)
+    data = _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, pipe.scheduler, device, config.max_timestep, g)
 
     targets = select_modules(unet, config.target_modules)
     eps = float32_eps(_unet_eps(unet))  # losses in float32 whatever the UNet's dtype
@@ -232,9 +234,9 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
     order = torch.randperm(n_f, generator=g)
     batches = order.chunk(min(config.gradient_batches, n_f))
     for b, batch in enumerate(tqdm(batches, desc="forget gradient", disable=not progress, leave=False)):
-        x_t, t, noise = data.noised(data.x0_f, batch)
+        x_t, t, target = data.noised(data.x0_f, batch)
         fi = data.f_idx_t[batch]
-        loss = loss_fn(eps, eps, x_t, t, noise, data.c_f[fi], data.c_a[fi], data.c_null.expand(len(batch), -1, -1),
+        loss = loss_fn(eps, eps, x_t, t, target, data.c_f[fi], data.c_a[fi], data.c_null.expand(len(batch)),
                        guidance=config.gradient_guidance)
         check_finite(loss, "forget-gradient loss", b, hint=_HINT)
         grads = torch.autograd.grad(loss, list(weights.values()))
@@ -289,7 +291,7 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
     history = []
     for step in bar:
         batch = torch.randint(0, n_f, (min(config.batch_size, n_f),), generator=g)
-        x_t, t, noise = data.noised(data.x0_f, batch)
+        x_t, t, target = data.noised(data.x0_f, batch)
         fi = data.f_idx_t[batch]
         preds = []  # predictions that carry the parameters' gradient (Sophia's Hessian estimate uses them)
 
@@ -299,8 +301,8 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
                 preds.append(out)
             return out
 
-        loss_f = objective(train_eps, base_eps, x_t, t, noise, data.c_f[fi], data.c_a[fi],
-                           data.c_null.expand(len(batch), -1, -1), eta=config.eta)
+        loss_f = objective(train_eps, base_eps, x_t, t, target, data.c_f[fi], data.c_a[fi],
+                           data.c_null.expand(len(batch)), eta=config.eta)
         loss = loss_f
         loss_r = None
         if data.retain is not None:

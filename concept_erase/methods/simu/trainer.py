@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from ...adapter import UnlearningAdapter
 from ...concepts import Concept, resolve_concept
-from ...diffusion import add_noise, base_eps_of, check_finite, encode_prompts, frozen_unet, functional_eps, \
-    prompt_latents
+from ...diffusion import add_noise, base_eps_of, check_finite, encode_conditioning, frozen_unet, functional_eps, \
+    prompt_data, training_target, unet_prediction
 from ...errors import InvalidConfigError
 from ..common import FORGET_OFFSET, RETAIN_OFFSET, float32_eps, mixed_precision_eps, select_modules
 from ..dense import adapter_from_deltas
@@ -43,10 +43,11 @@ logger = logging.getLogger(__name__)
 _HINT = "Lower `learning_rate`"
 
 
-def _noised(alphas, x0, noise_gen, max_timestep, device):
+def _noised(scheduler, alphas, x0, noise_gen, max_timestep, device):
+    """``(x_t, t, target)``: ``x0`` noised at random t, and what the UNet should predict there."""
     t = torch.randint(0, max_timestep, (len(x0),), generator=noise_gen).to(device)
     noise = torch.randn(x0.shape, generator=noise_gen).to(device=device, dtype=x0.dtype)
-    return add_noise(alphas, x0, noise, t), t, noise
+    return add_noise(alphas, x0, noise, t), t, training_target(scheduler, x0, noise, t)
 
 
 def unet_critical_masks(pipe, modules: dict[str, nn.Module], forget, retain=None, *, steps: int, threshold: float,
@@ -54,7 +55,7 @@ def unet_critical_masks(pipe, modules: dict[str, nn.Module], forget, retain=None
                         progress: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """Critical-neuron masks (``(out,)`` bool per module) from the denoising loss on generated data.
 
-    ``forget`` / ``retain`` are ``(x0, prompt index, text embeddings)`` as :func:`prompt_latents`
+    ``forget`` / ``retain`` are ``(x0, prompt index, conditioning)`` as :func:`prompt_data`
     returns them. Returns the masks and the kind actually used ("dual" needs retain data).
     Must run inside :func:`~concept_erase.diffusion.frozen_unet`.
     """
@@ -67,13 +68,13 @@ def unet_critical_masks(pipe, modules: dict[str, nn.Module], forget, retain=None
         n = min(images, len(x0))
         batches = []
         for chunk in torch.arange(n).split(batch_size):
-            x_t, t, noise = _noised(alphas, x0[chunk], generator, max_timestep, device)
-            batches.append((x_t, t, noise, emb[idx[chunk]]))
+            x_t, t, target = _noised(pipe.scheduler, alphas, x0[chunk], generator, max_timestep, device)
+            batches.append((x_t, t, target, emb[idx[chunk]]))
 
         def per_example_loss(batch):
-            x_t, t, noise, c = batch
-            eps = unet(x_t, t, encoder_hidden_states=c).sample
-            return ((eps.float() - noise.float()) ** 2).flatten(1).mean(1)  # (B,) denoising loss
+            x_t, t, target, c = batch
+            pred = unet_prediction(unet, x_t, t, c)
+            return ((pred.float() - target.float()) ** 2).flatten(1).mean(1)  # (B,) denoising loss
 
         return attribution_scores(modules, per_example_loss,
                                   tqdm(batches, desc=desc, disable=not progress, leave=False), steps=steps)
@@ -110,12 +111,12 @@ def erase(pipe, concept: Concept | str | dict, config: SimuConfig | None = None,
 
     # --- 1. data from prompts alone ---
     data = dict(seed=config.seed, steps=config.sample_steps, guidance=config.sample_guidance, progress=progress)
-    forget = prompt_latents(pipe, concept.forget, config.num_forget_images, offset=FORGET_OFFSET,
-                            desc="forget latents", **data)
+    forget = prompt_data(pipe, concept.forget, config.num_forget_images, offset=FORGET_OFFSET,
+                         desc="forget latents", **data)
     use_retain = bool(concept.retain) and config.num_retain_images > 0
-    retain = prompt_latents(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
-                            desc="retain latents", **data) if use_retain else None
-    c_a = encode_prompts(pipe, concept.anchor)
+    retain = prompt_data(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
+                         desc="retain latents", **data) if use_retain else None
+    c_a = encode_conditioning(pipe, concept.anchor)
     modules = select_modules(unet, config.target_modules)
 
     with frozen_unet(unet):
@@ -147,25 +148,25 @@ def erase(pipe, concept: Concept | str | dict, config: SimuConfig | None = None,
 
         def sample(x0, n):
             b = torch.randint(0, len(x0), (min(config.batch_size, len(x0)),), generator=g)
-            return b, _noised(alphas, x0[b], g, config.max_timestep, device)
+            return b, _noised(pipe.scheduler, alphas, x0[b], g, config.max_timestep, device)
 
         bar = tqdm(range(config.steps), desc=f"simu {concept.name}", disable=not progress)
         value = None
         for step in bar:
             eps = mixed_precision_eps(unet, masked_weights(weights, masks, deltas))
-            b, (x_t, t, noise) = sample(x0_f, config.batch_size)
+            b, (x_t, t, target) = sample(x0_f, config.batch_size)
             pred_f = eps(x_t, t, c_f[f_idx[b]])
             if config.loss == "graddiff":
-                loss_f = -F.mse_loss(pred_f, noise)  # ascent on the forget data's denoising loss
+                loss_f = -F.mse_loss(pred_f, target)  # ascent on the forget data's denoising loss
             else:
                 loss_f = F.mse_loss(pred_f, base_eps(x_t, t, c_a[f_idx[b]]))  # forget prompt -> anchor
             loss, preds = loss_f, [pred_f]
             if retain is not None and config.retain_weight > 0:
                 x0_r, r_idx, c_r = retain
-                rb, (xr_t, tr, noise_r) = sample(x0_r, config.batch_size)
+                rb, (xr_t, tr, data_target_r) = sample(x0_r, config.batch_size)
                 cr = c_r[r_idx[rb]]
                 pred_r = eps(xr_t, tr, cr)
-                target_r = noise_r if config.loss == "graddiff" else base_eps(xr_t, tr, cr)
+                target_r = data_target_r if config.loss == "graddiff" else base_eps(xr_t, tr, cr)
                 loss = loss + config.retain_weight * F.mse_loss(pred_r, target_r)
                 preds.append(pred_r)
             check_finite(loss, "loss", step, hint=_HINT)
