@@ -228,8 +228,9 @@ def cmd_export(args) -> int:
     adapter = UnlearningAdapter.load(args.file)
     if args.format == "kohya":
         adapter.save_kohya(out)
-    else:
-        adapter.save(out)
+    else:  # the keys are PEFT's now, whatever the input's were
+        metadata = {k: v for k, v in adapter.metadata.items() if k != "source_format"}
+        UnlearningAdapter(adapter.tensors, metadata).save(out)
     print(f"wrote {out} ({args.format} keys, {len(adapter.modules)} layers, ranks "
           f"{min(adapter.ranks.values())}..{max(adapter.ranks.values())}, {out.stat().st_size / 1024:.1f} KiB)")
     return 0
