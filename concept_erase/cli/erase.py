@@ -46,7 +46,7 @@ def add_erase_parser(sub, help: str) -> None:
                    "that gets the Hub layout (pytorch_lora_weights.safetensors + a model card README.md)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     e.add_argument("--push-to-hub", metavar="REPO", help="also upload the adapter and its model card to the hub repo "
-                   "REPO ('owner/name', created if needed; log in with `hf auth login` or set HF_TOKEN)")
+                   "REPO ('owner/name', created if needed; log in with 'hf auth login' or set HF_TOKEN)")
     e.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     e.add_argument("--revision", help="branch, tag or commit of a hub --base (default: its main branch)")
     e.add_argument("--variant", help="weight-file variant of --base, e.g. fp16 for *.fp16.safetensors")

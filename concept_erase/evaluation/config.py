@@ -62,8 +62,8 @@ class EvalConfig(Config):
     classifier_weights: str | None = setting(None, "world classifier .safetensors (default: the shipped one)",
                                              group=_CLF)
     # CLIP score on every split (off without a checkpoint: reported as not computed), and the clip classifier
-    clip_model: str | None = setting(None, "local CLIP checkpoint directory (e.g. `hf download "
-                                           "openai/clip-vit-large-patch14 --local-dir DIR`): CLIP score of each "
+    clip_model: str | None = setting(None, "local CLIP checkpoint directory (e.g. 'hf download "
+                                           "openai/clip-vit-large-patch14 --local-dir DIR'): CLIP score of each "
                                            "image against its prompt, and the clip classifier's model", group=_CLF)
     labels: list[str] = setting([], "zero-shot labels (clip classifier)", group=_CLF)
     # per-label counts (nudenet: the nine exposed labels)
