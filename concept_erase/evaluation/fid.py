@@ -229,6 +229,7 @@ class FeatureStats:
         if self.kid is not None:
             subsets, size = kid_subset_plan(n_real, n_fake, subsets=self.kid_subsets, subset_size=self.kid_subset_size)
             self.kid.subsets, self.kid.subset_size = subsets, size
+            self._pack_kid_features()
             with torch.random.fork_rng(devices=[]):  # KID's random subsets, seeded: reruns report the same number
                 torch.random.default_generator.manual_seed(0)
                 mean, std = self.kid.compute()
@@ -237,6 +238,18 @@ class FeatureStats:
         if warning:
             out["warning"] = warning
         return out
+
+    def _pack_kid_features(self) -> None:
+        """One ``(n, D)`` tensor per KID feature list, also when this process saw no image.
+
+        torchmetrics' KID keeps a list per side, synced one list element per collective call: processes
+        holding lists of different lengths (unequal shares) would wait on each other for ever. With one
+        tensor each, every process makes the same calls, and the gathered features keep the order of a
+        single process (process 0's first)."""
+        for name in ("real_features", "fake_features"):
+            parts = getattr(self.kid, name)
+            empty = torch.empty(0, self.num_features, dtype=torch.float64, device=self.device)
+            setattr(self.kid, name, [torch.cat(parts) if parts else empty])
 
     def reset_fake(self) -> None:
         self.fid.reset()
