@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -107,8 +108,11 @@ def load_unet_lora(pipe, state_dict: dict[str, torch.Tensor], *, adapter_name: s
     diffusers' ``load_lora_weights`` (its ``load_lora_into_unet`` is this call), without the text
     encoder half, which finds no keys in an unlearning adapter and warns "No LoRA keys associated
     to CLIPTextModel found" on every load. ``pipe.get_list_adapters()``, ``set_adapters`` and
-    ``fuse_lora`` see the adapter as usual."""
-    pipe.unet.load_lora_adapter(state_dict, prefix="unet", adapter_name=adapter_name, _pipeline=pipe)
+    ``fuse_lora`` see the adapter as usual. PEFT's warning that a second adapter joins the first
+    ("Already found a `peft_config` attribute") is silenced: several adapters at once are intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+        pipe.unet.load_lora_adapter(state_dict, prefix="unet", adapter_name=adapter_name, _pipeline=pipe)
 
 
 def load_base(base: str | None, device: str | None = None, *, mixed_precision: str | None = None,
