@@ -220,7 +220,8 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
     # No KID against the base: the two image sets share their seeds (paired samples), which biases
     # KID's unbiased MMD estimator (cross terms k(x_i, y_i) of near-identical pairs); FID is unaffected.
     vs_base = {k: FeatureStats(dim, kid=False, device=metric_device) for k in fid_keys} if use_tm else {}
-    vs_ref = {k: FeatureStats(dim, kid=config.kid, device=metric_device) for k in fid_keys} if use_tm and ref_files else {}
+    vs_ref = ({k: FeatureStats(dim, kid=config.kid, device=metric_device) for k in fid_keys}
+              if use_tm and ref_files else {})
     if vs_ref:
         for f in features_of(module, dist.shard(ref_files), batch_size=config.batch_size):
             for stats in vs_ref.values():

@@ -33,8 +33,8 @@ from ..world import load_classifier as load_world_classifier
 from .classifiers import import_object
 
 __all__ = ["feature_extractor", "feature_dim", "features_of", "InceptionFeatures", "WorldFeatures", "FeatureStats",
-           "kid_subset_plan", "sample_size_warning", "KID_SUBSETS", "KID_SUBSET_SIZE", "folder_metrics", "fid_of_images",
-           "module_device", "INCEPTION_FILE", "INCEPTION_URL", "inception_weights_path"]
+           "kid_subset_plan", "sample_size_warning", "KID_SUBSETS", "KID_SUBSET_SIZE", "folder_metrics",
+           "fid_of_images", "module_device", "INCEPTION_FILE", "INCEPTION_URL", "inception_weights_path"]
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -174,7 +174,8 @@ def sample_size_warning(n_real: int, n_fake: int, dim: int, *, what: str = "FID"
                f"no more images than feature dimensions, so the covariance is singular and FID is unreliable "
                f"(KID is unbiased at any size). Use more than {dim} images a side (published tables use 10k-30k), "
                "or features of lower dimension.")
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or torch.distributed.get_rank() == 0:
         warnings.warn(message, UserWarning, stacklevel=3)
     return message
 
@@ -201,7 +202,8 @@ class FeatureStats:
 
         self.num_features = num_features
         self.device = torch.device(device)
-        self.fid = FrechetInceptionDistance(feature=_PassThrough(num_features), reset_real_features=False).to(self.device)
+        self.fid = FrechetInceptionDistance(feature=_PassThrough(num_features),
+                                            reset_real_features=False).to(self.device)
         with warnings.catch_warnings():  # "KID will save all extracted features": features, never images
             warnings.simplefilter("ignore", UserWarning)
             self.kid = (KernelInceptionDistance(feature=_PassThrough(num_features), subsets=kid_subsets,

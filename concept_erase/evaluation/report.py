@@ -83,7 +83,8 @@ def markdown_report(report: dict) -> str:
                                                        else " (whole sets, no subsets)")
             against = "base" if kind == "fid_vs_base" else "reference"
             flag = " ⚠" if v.get("warning") else ""
-            lines.append(f"| {m} | {against} | {sp} ({v['n_fake']} vs {v['n_real']}){flag} | {_num(v['fid'])} | {kid} |")
+            images = f"{sp} ({v['n_fake']} vs {v['n_real']}){flag}"
+            lines.append(f"| {m} | {against} | {images} | {_num(v['fid'])} | {kid} |")
         lines += ["", "Against the base the images share their seeds, so only FID is given (paired samples bias "
                   "KID's estimator)."]
         kid_v = next((v for *_, v in fid_rows if v.get("kid_subsets")), None)
