@@ -119,15 +119,26 @@ def _kohya_scale(alpha: torch.Tensor | None, rank: int, layer: str, where: str) 
     return value / rank
 
 
-def peft_from_kohya(tensors: dict[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """kohya keys -> (PEFT tensors with each alpha / rank folded into ``lora_B``, {module: kohya name}).
-
-    Module names are diffusers' reading of the flattened kohya name; the kohya name is returned too,
-    so that :meth:`UnlearningAdapter.resolve_kohya_names` can match it exactly against a UNet.
-    """
+def _diffusers_reading(name: str) -> str:
+    """The module path diffusers' own kohya conversion reads the layer ``lora_unet_<name>`` as."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_unet_state_dict_to_peft
 
+    t = torch.zeros(1, 1)
+    converted, _ = StableDiffusionPipeline.lora_state_dict({f"lora_unet_{name}.lora_down.weight": t,
+                                                            f"lora_unet_{name}.lora_up.weight": t})
+    key = next(iter(convert_unet_state_dict_to_peft(converted)))
+    return key[len("unet."):].rsplit(".lora_", 1)[0]
+
+
+def peft_from_kohya(tensors: dict[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """kohya keys -> (PEFT tensors with each alpha / rank folded into ``lora_B``, {module: kohya name}).
+
+    Module names are diffusers' reading of the flattened kohya names. Where diffusers reads two layers
+    as one module (SDXL's ``add_embedding_linear_1`` and ``_2`` both become ``add.embedding.linear``),
+    both keep their kohya name; :meth:`UnlearningAdapter.resolve_kohya_names` matches kohya names
+    exactly against a UNet's modules on load.
+    """
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         m = _KOHYA_KEY.match(key)
@@ -135,7 +146,10 @@ def peft_from_kohya(tensors: dict[str, torch.Tensor], where: str) -> tuple[dict[
             raise AdapterFormatError(f"{where}: unexpected kohya key {key!r} (only UNet LoRA layers, "
                                      "`lora_unet_<layer>.lora_down.weight` / `.lora_up.weight` / `.alpha`, are read).")
         layers.setdefault(m["module"], {})[m["part"]] = t
-    folded: dict[str, torch.Tensor] = {}
+    readings = {name: _diffusers_reading(name) for name in layers}
+    counts = collections.Counter(readings.values())
+    peft: dict[str, torch.Tensor] = {}
+    names: dict[str, str] = {}
     for name, parts in layers.items():
         layer = f"lora_unet_{name}"
         for part in ("lora_down.weight", "lora_up.weight"):
@@ -150,13 +164,13 @@ def peft_from_kohya(tensors: dict[str, torch.Tensor], where: str) -> tuple[dict[
                                          "are 2-D (or 4-D for convolutions) and not empty.")
         down, up = parts["lora_down.weight"], parts["lora_up.weight"]
         scale = _kohya_scale(parts.get("alpha"), down.shape[0], layer, where)
-        folded[f"{layer}.lora_down.weight"] = down
-        folded[f"{layer}.lora_up.weight"] = up if scale == 1.0 else (up.double() * scale).to(up.dtype)
-    # diffusers renames keys but keeps the tensor objects: identity tells which kohya layer each came from
-    origin = {id(t): key.split(".", 1)[0][len("lora_unet_"):] for key, t in folded.items()}
-    converted, _ = StableDiffusionPipeline.lora_state_dict(dict(folded))  # no alphas left: all folded above
-    peft = convert_unet_state_dict_to_peft(converted)
-    names = {key[len("unet."):].rsplit(".lora_", 1)[0]: origin[id(t)] for key, t in peft.items()}
+        module = readings[name] if counts[readings[name]] == 1 else name
+        if module in names:
+            raise AdapterFormatError(f"{where}: kohya layers lora_unet_{names[module]} and {layer} name the same "
+                                     f"module {module!r}; keep one of them.")
+        names[module] = name
+        peft[f"unet.{module}.lora_A.weight"] = down
+        peft[f"unet.{module}.lora_B.weight"] = up if scale == 1.0 else (up.double() * scale).to(up.dtype)
     return peft, names
 
 

@@ -201,8 +201,9 @@ def test_peft_export_from_every_input_style_loads_in_diffusers(native, tmp_path)
     for source in (path, kohya, script):
         out = tmp_path / f"{source.stem}.peft.safetensors"
         assert main(["export", str(source), "--format", "peft", "--out", str(out)]) == 0
-        tensors, _ = _read(out)
+        tensors, header = _read(out)
         assert {k.split(".lora_")[0][len("unet."):] for k in tensors} == set(RANKS) <= modules, source.name
+        assert "source_format" not in json.loads(header["concept_erase"]), source.name
         assert _gap(_diffusers_images(out), ours) < TOL, source.name
 
 
@@ -272,3 +273,32 @@ def test_kohya_alpha_zero_is_refused_as_ambiguous(native, tmp_path):
     save_file({**tensors, key: torch.tensor(0.0)}, str(tmp_path / "zero.safetensors"))
     with pytest.raises(AdapterFormatError, match=r"alpha is 0.*A1111"):
         UnlearningAdapter.load(tmp_path / "zero.safetensors")
+
+
+def test_kohya_layers_diffusers_reads_as_one_module_resolve_exactly_against_the_unet(tmp_path):
+    """diffusers reads SDXL's ``lora_unet_add_embedding_linear_1`` and ``_2`` both as ``add.embedding.linear``;
+    such layers keep their kohya names and are matched exactly against the UNet's modules."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 32)
+    modules = ["add_embedding.linear_1", "add_embedding.linear_2",
+               "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"]
+    tensors = {}
+    for module in modules:
+        w = unet.get_submodule(module).weight
+        name = "lora_unet_" + module.replace(".", "_")
+        tensors |= {f"{name}.lora_down.weight": torch.randn(2, w.shape[1]),
+                    f"{name}.lora_up.weight": torch.randn(w.shape[0], 2), f"{name}.alpha": torch.tensor(1.0)}
+    save_file(tensors, str(tmp_path / "sdxl.safetensors"))
+    adapter = UnlearningAdapter.load(tmp_path / "sdxl.safetensors").resolve_kohya_names(unet)
+    assert adapter.modules == sorted(modules)
+    adapter.check_compatible(unet)
+    for module in modules:
+        name = "lora_unet_" + module.replace(".", "_")
+        want = 0.5 * tensors[f"{name}.lora_up.weight"] @ tensors[f"{name}.lora_down.weight"]  # alpha 1 / rank 2
+        assert torch.allclose(adapter.delta_weight(module), want, atol=1e-6), module
