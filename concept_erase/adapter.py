@@ -444,7 +444,7 @@ class UnlearningAdapter:
         (:func:`concept_erase.hub.resolve_adapter`; ``revision``/``token`` for hub repos).
 
         >>> UnlearningAdapter.from_pretrained("no-red").name
-        'red'
+        'no-red'
         """
         from .hub import resolve_adapter
 

@@ -308,10 +308,8 @@ def model_card(adapter, *, repo_id: str | None = None, license: str | None = Non
     lines += [
         "## Use with diffusers", "",
         "```python",
-        "from diffusers import DiffusionPipeline",
-        "",
-        f'pipe = DiffusionPipeline.from_pretrained("{base_for_code}")' if hub_base != WORLD_MODEL_ID else
-        "import concept_erase\n\npipe = concept_erase.world.load_pipeline()",
+        f'from diffusers import DiffusionPipeline\n\npipe = DiffusionPipeline.from_pretrained("{base_for_code}")'
+        if hub_base != WORLD_MODEL_ID else "import concept_erase\n\npipe = concept_erase.world.load_pipeline()",
         f'pipe.load_lora_weights("{repo}", weight_name="{weight_name}")  # plain diffusers',
         "```", "",
         "or with concept-erase (`pip install concept-erase`): named adapters, a strength knob and an exact unload:", "",
