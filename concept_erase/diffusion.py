@@ -7,12 +7,12 @@
   would cut or cannot read (:func:`check_prompts`);
 - images and clean latents drawn by the pipeline itself, seeded per image so that a result depends
   only on its prompt and seed, never on the batch (:func:`generate_images`, :func:`generate_latents`,
-  :func:`prompt_latents`); images -> latents through the VAE (:func:`encode_images`);
+  :func:`prompt_data`, :func:`prompt_latents`); images -> latents through the VAE (:func:`encode_images`);
 - the forward process q(x_t | x_0) from ᾱ_t (:func:`add_noise`) and the target the UNet is trained to
   predict there — ε, v or x_0, as the scheduler's ``prediction_type`` says (:func:`training_target`);
 - the UNet frozen and restored (:func:`frozen_unet`), called with a :class:`Conditioning`
-  (:func:`unet_prediction`), run with swapped-in weights (:func:`functional_eps`), losses checked for NaN/inf (:func:`check_finite`), pipeline progress
-  bars silenced and restored (:func:`quiet_progress`).
+  (:func:`unet_prediction`), run with swapped-in weights (:func:`functional_eps`), losses checked for
+  NaN/inf (:func:`check_finite`), pipeline progress bars silenced and restored (:func:`quiet_progress`).
 """
 
 from __future__ import annotations
