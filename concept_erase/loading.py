@@ -138,8 +138,7 @@ def load_base(base: str | None, device: str | None = None, *, mixed_precision: s
                                      "pipeline directory, not to the shipped world model; leave them out.")
         from . import world  # the shipped model's code is loaded only when it is asked for
 
-        with quiet_hf_logging():
-            return world.load_pipeline(device, torch_dtype=dtype)
+        return world.load_pipeline(device, torch_dtype=dtype)  # quiet as below
     from diffusers import DiffusionPipeline
 
     path = Path(base).expanduser()

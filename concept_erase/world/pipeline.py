@@ -38,11 +38,12 @@ def load_pipeline(device: str | torch.device = "cpu", *, weights_dir: str | Path
     """
     from diffusers import StableDiffusionPipeline
 
-    from ..loading import dtype_kwargs  # dtype= or torch_dtype=, as the installed diffusers wants it
+    from ..loading import dtype_kwargs, quiet_hf_logging
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        pipeline_dir(weights_dir), **dtype_kwargs(torch_dtype), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False, local_files_only=True,
-    )
+    with quiet_hf_logging():  # no "Loading pipeline components..." bar (shown with --verbose)
+        pipe = StableDiffusionPipeline.from_pretrained(  # dtype= or torch_dtype=, as the installed diffusers wants
+            pipeline_dir(weights_dir), **dtype_kwargs(torch_dtype), safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False, local_files_only=True,
+        )
     pipe.set_progress_bar_config(disable=not progress)
     return pipe.to(device)
