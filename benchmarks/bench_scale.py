@@ -286,7 +286,7 @@ def run_one(spec: dict) -> dict:
         result["layers_n"], result["grad_bytes_all"], result["grad_bytes_max_layer"] = _target_bytes(pipe, patterns)
         if spec.get("control"):
             _control_backward(pipe, patterns, concept, phases)
-        gen, svd, inject = trainer.prompt_latents, trainer.gradient_subspace, trainer.inject_
+        gen, svd, inject = trainer.prompt_data, trainer.gradient_subspace, trainer.inject_
         calls = {"gen": 0, "svd": 0}
         n_gen = 2  # forget and retain latents
 
@@ -313,7 +313,7 @@ def run_one(spec: dict) -> dict:
             phases.mark("train")
             return inject(*a, **k)
 
-        trainer.prompt_latents, trainer.gradient_subspace, trainer.inject_ = gen_, svd_, inject_
+        trainer.prompt_data, trainer.gradient_subspace, trainer.inject_ = gen_, svd_, inject_
         n_images = spec["prompts"] * spec["images_per_prompt"]
         phases.start("data")
         try:
@@ -321,7 +321,7 @@ def run_one(spec: dict) -> dict:
                                  num_forget_images=n_images, num_retain_images=n_images,
                                  sample_steps=spec["sample_steps"], batch_size=1, gradient_batches=n_images)
         finally:
-            trainer.prompt_latents, trainer.gradient_subspace, trainer.inject_ = gen, svd, inject
+            trainer.prompt_data, trainer.gradient_subspace, trainer.inject_ = gen, svd, inject
         phases.mark(None)
         result["gradient_batches"] = n_images
         result["s_per_gradient_batch"] = phases.times["gradient"] / n_images
