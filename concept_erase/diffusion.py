@@ -34,7 +34,7 @@ __all__ = [
     "Conditioning", "encode_conditioning", "null_conditioning", "encode_prompts", "check_prompts",
     "generate_images", "generate_latents", "prompt_data", "prompt_latents", "data_seeds", "cycle_indices",
     "encode_images", "add_noise", "training_target", "PREDICTION_TYPES", "frozen_unet", "unet_prediction",
-    "functional_eps", "base_eps_of", "check_finite", "quiet_progress",
+    "functional_eps", "base_eps_of", "check_finite", "quiet_progress", "dtype_kwargs", "quiet_hf_logging",
 ]
 logger = logging.getLogger(__name__)
 _WARNED: set[tuple[int, str]] = set()  # (tokenizer, prompt) pairs already reported in this process
@@ -414,3 +414,37 @@ def quiet_progress(pipe):
             del pipe._progress_bar_config
         else:
             pipe._progress_bar_config = saved
+
+
+# ---------------------------------------------------------------- loading diffusers models quietly
+def dtype_kwargs(dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s dtype argument for the installed diffusers: ``dtype=`` where diffusers
+    deprecates ``torch_dtype=`` in its favour (it then warns on every ``torch_dtype=``), else ``torch_dtype=``."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
+@contextlib.contextmanager
+def quiet_hf_logging():
+    """diffusers' and transformers' progress bars ("Loading pipeline components...") and their log
+    messages below errors off inside the block; their previous settings come back after, so a
+    Python session that uses concept-erase as a library keeps its own. Nothing is silenced when
+    the ``concept_erase`` logger is at DEBUG (the command line's ``--verbose``)."""
+    if logging.getLogger("concept_erase").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (diffusers_logging,
+                                                                                  transformers_logging)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, level, bars in saved:
+            lib.set_verbosity(level)
+            lib.enable_progress_bar() if bars else lib.disable_progress_bar()

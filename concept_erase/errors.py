@@ -75,6 +75,7 @@ class OutputPathError(ConceptEraseError, OSError):
     def __str__(self) -> str:  # OSError would format (errno, strerror) pairs
         return str(self.args[0]) if self.args else ""
 
+
 class AdapterStateError(ConceptEraseError, RuntimeError):
     """The pipeline's adapters were changed behind concept-erase's back (diffusers' own ``fuse_lora``,
     ``set_adapters``, ``disable_lora``, ...) in a way an unlearning call cannot undo exactly; the

@@ -15,7 +15,6 @@ every pipeline object, existing ones included); nothing else happens at import t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .adapter import UnlearningAdapter
+from .diffusion import dtype_kwargs, quiet_hf_logging  # noqa: F401  (re-exported: loading's public helpers)
 from .codebook import CodebookEdit, attach_codebook_, detach_codebook_, is_codebook_file, loaded_codebook
 from .config import check_mixed_precision
 from .errors import (AdapterFormatError, AdapterStateError, InvalidConfigError, UnknownConceptError,
@@ -68,39 +68,6 @@ def base_dtype(mixed_precision: str | None, device: str | torch.device) -> torch
         raise InvalidConfigError("`mixed_precision` 'fp16' needs a GPU: PyTorch has no fp16 kernels for much of a UNet "
                                  "on the CPU. Use 'bf16' or 'no' there, or pass a CUDA device.")
     return _BASE_DTYPES[name]
-
-
-def dtype_kwargs(dtype: torch.dtype) -> dict:
-    """``from_pretrained``'s dtype argument for the installed diffusers: ``dtype=`` where diffusers
-    deprecates ``torch_dtype=`` in its favour (it then warns on every ``torch_dtype=``), else ``torch_dtype=``."""
-    from diffusers.utils import deprecation_utils
-
-    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
-
-
-@contextlib.contextmanager
-def quiet_hf_logging():
-    """diffusers' and transformers' progress bars ("Loading pipeline components...") and their log
-    messages below errors off inside the block; their previous settings come back after, so a
-    Python session that uses concept-erase as a library keeps its own. Nothing is silenced when
-    the ``concept_erase`` logger is at DEBUG (the command line's ``--verbose``)."""
-    if logging.getLogger("concept_erase").isEnabledFor(logging.DEBUG):
-        yield
-        return
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (diffusers_logging,
-                                                                                  transformers_logging)]
-    for lib, _, _ in saved:
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, level, bars in saved:
-            lib.set_verbosity(level)
-            lib.enable_progress_bar() if bars else lib.disable_progress_bar()
 
 
 def load_unet_lora(pipe, state_dict: dict[str, torch.Tensor], *, adapter_name: str) -> None:
@@ -351,7 +318,7 @@ class UnlearningMixin:
             if m not in still_used:
                 del state["originals"][m], state["merged_at_load"][m]
         if not self._lora_keys():
-            self.unload_lora_weights()  # no adapter left at all: take PEFT's wrappers out too
+            self.unet.unload_lora()  # no LoRA left in the UNet: PEFT's wrappers go too (a text encoder's stay)
         else:
             self._set_lora_scales({k: v for k, v in scales.items() if k not in gone})
 
@@ -402,7 +369,9 @@ class UnlearningMixin:
 
     def _set_lora_scales(self, scales: dict[str, float]) -> None:
         if scales:
-            self.set_adapters(list(scales), [float(v) for v in scales.values()])
+            # the UNet's, not the pipeline's `set_adapters`: that one would also switch off a text
+            # encoder's LoRAs that are not in `scales` (unlearning adapters live in the UNet only)
+            self.unet.set_adapters(list(scales), [float(v) for v in scales.values()])
 
     def _merged_keys(self) -> set[str]:
         return {k for m in self._tuner_layers().values() for k in m.merged_adapters}

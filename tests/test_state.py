@@ -185,3 +185,26 @@ def test_duplicate_name_still_refused(pipe, adapter):
     pipe.load_unlearning_adapter(adapter)
     with pytest.raises(AdapterFormatError, match="already loaded"):
         pipe.load_unlearning_adapter(adapter)
+
+
+def test_a_text_encoder_lora_stays_on_and_loaded(pipe, adapter):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    g = torch.Generator().manual_seed(5)
+    lora = {}
+    for name, module in pipe.text_encoder.named_modules():
+        if name.endswith("self_attn.q_proj"):
+            lora[f"text_encoder.{name}.lora_A.weight"] = torch.randn(2, module.in_features, generator=g)
+            lora[f"text_encoder.{name}.lora_B.weight"] = torch.randn(module.out_features, 2, generator=g)
+    pipe.load_lora_weights(lora, adapter_name="style")
+    with_style = tiny_images(pipe)
+
+    def text_encoder_active():
+        return {tuple(m.active_adapters) for m in pipe.text_encoder.modules() if isinstance(m, BaseTunerLayer)}
+
+    pipe.load_unlearning_adapter(adapter)
+    pipe.set_unlearning_scale(0.5)
+    assert text_encoder_active() == {("style",)}  # the pipeline's set_adapters would have switched it off
+    pipe.unload_unlearning_adapter()
+    assert pipe.get_list_adapters() == {"text_encoder": ["style"]} and text_encoder_active() == {("style",)}
+    assert np.array_equal(tiny_images(pipe), with_style)

@@ -38,7 +38,7 @@ def load_pipeline(device: str | torch.device = "cpu", *, weights_dir: str | Path
     """
     from diffusers import StableDiffusionPipeline
 
-    from ..loading import dtype_kwargs, quiet_hf_logging
+    from ..diffusion import dtype_kwargs, quiet_hf_logging
 
     with quiet_hf_logging():  # no "Loading pipeline components..." bar (shown with --verbose)
         pipe = StableDiffusionPipeline.from_pretrained(  # dtype= or torch_dtype=, as the installed diffusers wants
