@@ -109,3 +109,35 @@ def test_layer_groups_respect_the_one_layer_bound():
 def test_bad_values_are_refused(kwargs, match):
     with pytest.raises(InvalidConfigError, match=match):
         SemuConfig(**kwargs)
+
+
+def test_budget_ranks_fit_and_follow_explained_variance():
+    g = torch.Generator().manual_seed(3)
+    spectra = {f"l{i}": torch.sort(torch.rand(int(n), generator=g) ** 3, descending=True).values
+               for i, n in enumerate(torch.randint(2, 60, (12,), generator=g))}
+    full = sum(len(s) ** 2 for s in spectra.values())
+    for budget in (12, 50, 400, full // 3, full):
+        ranks = trainer.budget_ranks(spectra, budget)
+        assert sum(r * r for r in ranks.values()) <= budget
+        assert all(1 <= ranks[n] <= len(s) for n, s in spectra.items())
+    assert trainer.budget_ranks(spectra, full) == {n: len(s) for n, s in spectra.items()}  # nothing to cut
+    with pytest.raises(InvalidConfigError, match="at least 12"):
+        trainer.budget_ranks(spectra, 11)
+
+
+def test_erase_respects_the_trainable_budget(tiny_pipe, tiny_concept, fast_config):
+    fast_config.steps = 1
+    fast_config.target_modules = ("*attn2.to_k", "*attn2.to_v")
+    unconstrained = erase(tiny_pipe, tiny_concept, fast_config, progress=False).metadata
+    fast_config.max_trainable_fraction = unconstrained["trainable_fraction"] / 4
+    meta = erase(tiny_pipe, tiny_concept, fast_config, progress=False).metadata
+    assert meta["trainable_fraction"] <= fast_config.max_trainable_fraction
+    assert meta["trainable_parameters"] == sum(r * r for r in meta["ranks"].values())
+    assert all(meta["ranks"][n] <= unconstrained["ranks"][n] for n in meta["ranks"])
+    assert sum(meta["ranks"].values()) < sum(unconstrained["ranks"].values())
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.5, float("nan")])
+def test_bad_budget_is_refused(value):
+    with pytest.raises(InvalidConfigError, match="max_trainable_fraction"):
+        SemuConfig(max_trainable_fraction=value)

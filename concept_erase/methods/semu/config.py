@@ -41,6 +41,12 @@ class SemuConfig(Config):
     gamma_cross_attention: float = setting(1.0, "SEMU: explained-variance threshold γ on cross-attention (attn2)")
     gamma: float = setting(0.9, "SEMU: explained-variance threshold γ on every other target layer")
     max_rank: int | None = setting(None, "SEMU: optional cap on the rank r of each layer")
+    # A budget on the share of the UNet's parameters trained (Σ r² / UNet parameters). When γ keeps
+    # more, directions are admitted across all target layers in decreasing order of the share of their
+    # layer's gradient variance they explain (SEMU's own criterion, one threshold for every layer) until
+    # the next one would break the budget; every layer keeps at least one direction.
+    max_trainable_fraction: float | None = setting(None, "SEMU: budget on the trained share of the UNet "
+                                                         "(e.g. 0.005); γ's directions are cut to fit it")
     project: bool = setting(True, "SEMU: project the gradient perpendicular to the weight before the SVD")
     # Forget gradient: "guided_ascent" is the loss of the official SEMU Stable Diffusion code.
     gradient_loss: str = setting("guided_ascent", "SEMU: loss whose gradient spans the subspace",
@@ -111,6 +117,8 @@ class SemuConfig(Config):
         check_int(self, "steps", "num_retain_images", "target_pool", minimum=0)
         if self.max_rank is not None:
             check_int(self, "max_rank")
+        if self.max_trainable_fraction is not None:
+            check_fraction(self, "max_trainable_fraction")
         check_choice(self, "objective", tuple(OBJECTIVES))
         check_choice(self, "gradient_loss", tuple(GRADIENT_LOSSES))
         check_number(self, "learning_rate")

@@ -272,7 +272,7 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
             progress=progress)
         for w in weights.values():
             w.requires_grad_(True)
-    factors = {}
+    factors, spectra = {}, {}
     bar = tqdm(total=len(groups) * len(batches), desc="forget gradient", disable=not progress, leave=False)
     for names in groups:
         summed: dict[str, torch.Tensor] = {}  # float32 sums of the batch gradients, whatever the weights' dtype
@@ -298,11 +298,48 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
                                         project=config.project, row_mask=mask)
             del grad
             factors[name] = (u, v)
+            spectra[name] = s
     bar.close()
+    if config.max_trainable_fraction is not None and factors:
+        budget = config.max_trainable_fraction * sum(p.numel() for p in unet.parameters())
+        ranks = budget_ranks(spectra, budget)
+        factors = {name: (u[:, :ranks[name]], v[:, :ranks[name]]) for name, (u, v) in factors.items()}
     if not factors:
         raise InvalidConfigError(f"SEMU x SIMU found no critical neuron in the target layers at threshold "
                                  f"{config.mask_threshold}; lower `mask_threshold` or use mask_kind='forget'.")
     return factors
+
+
+def budget_ranks(spectra: dict[str, torch.Tensor], budget: float) -> dict[str, int]:
+    """Ranks that fit ``Σ r² ≤ budget`` (:attr:`SemuConfig.max_trainable_fraction`), from each layer's
+    kept singular values. Directions are admitted across layers in decreasing order of the share of
+    their layer's (kept) gradient variance they explain, ``s_i² / Σ_j s_j²`` — one explained-variance
+    threshold for every layer, as SEMU's γ is — while the next one still fits; every layer keeps at
+    least its first. Ranks never grow beyond what γ chose.
+
+    >>> budget_ranks({"a": torch.tensor([3.0, 2.0, 1.0]), "b": torch.tensor([1.0, 1.0])}, budget=6)
+    {'a': 1, 'b': 2}
+    """
+    ranks = {name: 1 for name in spectra}
+    used = len(spectra)
+    if used > budget:
+        raise InvalidConfigError(f"`max_trainable_fraction` allows {budget:,.0f} trained parameters, but the "
+                                 f"{len(spectra)} target layers need at least {used} (rank 1 each); raise it or "
+                                 "target fewer layers.")
+    shares = []
+    for name, s in spectra.items():
+        e = s.double() ** 2
+        e = e / e.sum().clamp_min(1e-300)
+        shares += [(float(e[i]), name, i) for i in range(1, len(e))]
+    for share, name, i in sorted(shares, key=lambda x: (-x[0], x[1], x[2])):
+        if ranks[name] != i:  # a layer's directions come in order: a later one waits for the earlier
+            continue
+        cost = 2 * i + 1  # (i + 1)² − i²
+        if used + cost > budget:
+            break
+        ranks[name] = i + 1
+        used += cost
+    return ranks
 
 
 def _clip_scale(grads, max_norm: float) -> float:
