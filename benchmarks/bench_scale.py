@@ -65,6 +65,30 @@ SD15_UNET_CONFIG = {  # runwayml/stable-diffusion-v1-5, unet/config.json (archit
 }
 # A small UNet of the same layout, for a smoke run of this script (--unet tiny).
 TINY_UNET_CONFIG = {**SD15_UNET_CONFIG, "block_out_channels": (32, 64, 64, 64), "cross_attention_dim": 768}
+SDXL_UNET_CONFIG = {  # stabilityai/stable-diffusion-xl-base-1.0, unet/config.json (architecture fields)
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (320, 640, 1280),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+    "act_fn": "silu",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "sample_size": 128,
+}
+TINY_SDXL_UNET_CONFIG = {**SDXL_UNET_CONFIG, "block_out_channels": (32, 64, 64), "transformer_layers_per_block": (1, 1, 2),
+                         "attention_head_dim": (2, 4, 4)}
+UNET_CONFIGS = {"sd15": SD15_UNET_CONFIG, "tiny": TINY_UNET_CONFIG, "sdxl": SDXL_UNET_CONFIG,
+                "tiny-sdxl": TINY_SDXL_UNET_CONFIG}
 
 # SEMU layer sets for the growth-with-layers runs (glob patterns over module names).
 LAYER_SETS = {
@@ -160,14 +184,15 @@ class Phases:
 
 # ---------------------------------------------------------------- the pipeline
 def build_pipeline(unet_kind: str, latent: int, device: str, dtype):
-    """A StableDiffusionPipeline around the SD 1.5 UNet (random weights, ``latent``² latents)."""
+    """A StableDiffusionPipeline around the SD 1.5 UNet, or a StableDiffusionXLPipeline around SDXL's
+    (random weights, ``latent``² latents)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from concept_erase.world.tokenizer import build_tokenizer
 
-    config = {**(SD15_UNET_CONFIG if unet_kind == "sd15" else TINY_UNET_CONFIG), "sample_size": latent}
+    config = {**UNET_CONFIGS[unet_kind], "sample_size": latent}
     # Build on the meta device and fill in random weights: 860 M parameters initialise in seconds.
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config)
@@ -192,8 +217,19 @@ def build_pipeline(unet_kind: str, latent: int, device: str, dtype):
                         up_block_types=("UpDecoderBlock2D",), norm_num_groups=8, latent_channels=4).to(device, dtype)
     sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if "sdxl" in unet_kind:  # SDXL: a second (projected) text encoder of width 1280; 768 + 1280 = 2048
+        from diffusers import StableDiffusionXLPipeline
+        from transformers import CLIPTextModelWithProjection
+
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=1280, intermediate_size=1280, num_hidden_layers=1, num_attention_heads=20,
+            max_position_embeddings=77, projection_dim=1280, bos_token_id=0, eos_token_id=1,
+            pad_token_id=1)).to(device, dtype)
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tok,
+                                         tokenizer_2=tok, unet=unet, scheduler=sched)
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -444,7 +480,7 @@ def _s(x, digits=2) -> str:
 def report(results: list[dict], args) -> str:
     r0 = results[0]
     lines = [
-        f"SD 1.5 UNet architecture, random weights ({r0['unet_parameters'] / 1e6:,.0f} M parameters), "
+        f"{'SDXL' if 'sdxl' in args.unet else 'SD 1.5'} UNet architecture, random weights ({r0['unet_parameters'] / 1e6:,.0f} M parameters), "
         f"{args.device} {args.dtype}, {args.threads} threads, latents {args.latent}×{args.latent}, batch 1, "
         f"{args.steps} training steps, {args.sample_steps} sampler steps.",
         "",
@@ -517,7 +553,8 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=4, help="sampler steps for data and ESD's x_t")
     ap.add_argument("--prompts", type=int, default=2, help="forget prompts (one image each) per run")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--unet", default="sd15", choices=["sd15", "tiny"], help="tiny: a smoke run of this script")
+    ap.add_argument("--unet", default="sd15", choices=sorted(UNET_CONFIGS),
+                    help="sd15 or sdxl; tiny / tiny-sdxl: a smoke run of this script")
     ap.add_argument("--quick", action="store_true", help="only the three methods at their default layers")
     ap.add_argument("--isolate", action="store_true",
                     help="one process per run (its ru_maxrss is then that run's peak), rebuilding the UNet each time")

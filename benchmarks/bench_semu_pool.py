@@ -3,8 +3,9 @@
     python benchmarks/bench_semu_pool.py [--concepts no-red no-circle no-striped] [--pool 256] [--seed 0]
 
 Each test concept is erased with SEMU's tuned configuration (``benchmarks/results/tuning.json``)
-twice in one process — the default (a base forward every step) and ``target_pool=N`` (the base
-model's targets computed once for N noised forget and N retain examples) — and ESD-x at its tuned
+three times in one process — the default (a base forward every step), ``target_pool=N`` (the base
+model's targets computed once for N noised forget and N retain examples), and the pool with the rank
+budget ``max_trainable_fraction`` (0.5% of the UNet by default) — and ESD-x at its tuned
 configuration once per concept, so the times are ratios inside one run. Each adapter is scored on the
 benchmark's held-out prompts (``bench.protocol.HEADLINE`` sizes, image seeds of round ``seed``).
 Run it on a quiet machine (``uptime`` load below 1.5). Writes ``benchmarks/results/semu_pool.json``.
@@ -34,12 +35,14 @@ def main() -> None:
     ap.add_argument("--concepts", nargs="+", default=["no-red", "no-circle", "no-striped"])
     ap.add_argument("--pool", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--budget", type=float, default=0.005, help="max_trainable_fraction of the third SEMU run")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.manual_seed(0)
     pipe, model = world.load_pipeline(), world.load_classifier()
     tuning = load_tuning()["methods"]
-    runs = [("semu", {}), ("semu", {"target_pool": args.pool}), ("esd-x", {})]
+    runs = [("semu", {}), ("semu", {"target_pool": args.pool}),
+            ("semu", {"target_pool": args.pool, "max_trainable_fraction": args.budget}), ("esd-x", {})]
     rows = []
     for name in args.concepts:
         concept = resolve_concept(name)
@@ -59,7 +62,9 @@ def main() -> None:
                 scores = evaluate(pipe, model, concept, sets, args.seed)
             finally:
                 pipe.unload_unlearning_adapter("bench")
+            meta = adapter.metadata
             row = {"concept": name, "method": method, "overrides": overrides, "erase_s": round(seconds, 2),
+                   "trainable_fraction": meta.get("trainable_fraction"), "ranks": meta.get("ranks"),
                    **{k: scores[k] for k in ("forget", "paraphrase", "retain")}}
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("concept", "method", "erase_s")}),

@@ -303,7 +303,8 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
     if config.max_trainable_fraction is not None and factors:
         budget = config.max_trainable_fraction * sum(p.numel() for p in unet.parameters())
         ranks = budget_ranks(spectra, budget)
-        factors = {name: (u[:, :ranks[name]], v[:, :ranks[name]]) for name, (u, v) in factors.items()}
+        factors = {name: (u[:, :ranks[name]].contiguous(), v[:, :ranks[name]].contiguous())
+                   for name, (u, v) in factors.items()}
     if not factors:
         raise InvalidConfigError(f"SEMU x SIMU found no critical neuron in the target layers at threshold "
                                  f"{config.mask_threshold}; lower `mask_threshold` or use mask_kind='forget'.")
