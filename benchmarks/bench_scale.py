@@ -263,20 +263,20 @@ def _control_backward(pipe, patterns, concept, phases: Phases) -> None:
 
     from concept_erase.objectives import gradient_loss
     from concept_erase.methods.common import select_modules as find_targets
-    from concept_erase.diffusion import encode_prompts
+    from concept_erase.diffusion import encode_conditioning, null_conditioning, unet_prediction
 
     unet = pipe.unet
     weights = [m.weight for m in find_targets(unet, patterns).values()]
     unet.requires_grad_(False)
     for w in weights:
         w.requires_grad_(True)
-    c, null = encode_prompts(pipe, concept.forget[:1]), encode_prompts(pipe, [""])
+    c, null = encode_conditioning(pipe, concept.forget[:1]), null_conditioning(pipe)  # SDXL: + pooled, time ids
     size = unet.config.sample_size
     x = torch.randn(1, 4, size, size, device=c.device, dtype=c.dtype)
     t = torch.tensor([500], device=c.device)
 
     def eps(x_t, tt, cc):
-        return unet(x_t, tt, encoder_hidden_states=cc).sample
+        return unet_prediction(unet, x_t, tt, cc)
 
     phases.start("control: forward+backward")
     loss = gradient_loss("guided_ascent")(eps, eps, x, t, torch.randn_like(x), c, c, null, guidance=7.5)
@@ -480,7 +480,8 @@ def _s(x, digits=2) -> str:
 def report(results: list[dict], args) -> str:
     r0 = results[0]
     lines = [
-        f"{'SDXL' if 'sdxl' in args.unet else 'SD 1.5'} UNet architecture, random weights ({r0['unet_parameters'] / 1e6:,.0f} M parameters), "
+        f"{'SDXL' if 'sdxl' in args.unet else 'SD 1.5'} UNet architecture, random weights "
+        f"({r0.get('unet_parameters', 0) / 1e6:,.0f} M parameters), "
         f"{args.device} {args.dtype}, {args.threads} threads, latents {args.latent}×{args.latent}, batch 1, "
         f"{args.steps} training steps, {args.sample_steps} sampler steps.",
         "",
