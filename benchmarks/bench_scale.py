@@ -65,6 +65,30 @@ SD15_UNET_CONFIG = {  # runwayml/stable-diffusion-v1-5, unet/config.json (archit
 }
 # A small UNet of the same layout, for a smoke run of this script (--unet tiny).
 TINY_UNET_CONFIG = {**SD15_UNET_CONFIG, "block_out_channels": (32, 64, 64, 64), "cross_attention_dim": 768}
+SDXL_UNET_CONFIG = {  # stabilityai/stable-diffusion-xl-base-1.0, unet/config.json (architecture fields)
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (320, 640, 1280),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+    "act_fn": "silu",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "sample_size": 128,
+}
+TINY_SDXL_UNET_CONFIG = {**SDXL_UNET_CONFIG, "block_out_channels": (32, 64, 64), "transformer_layers_per_block": (1, 1, 2),
+                         "attention_head_dim": (2, 4, 4)}
+UNET_CONFIGS = {"sd15": SD15_UNET_CONFIG, "tiny": TINY_UNET_CONFIG, "sdxl": SDXL_UNET_CONFIG,
+                "tiny-sdxl": TINY_SDXL_UNET_CONFIG}
 
 # SEMU layer sets for the growth-with-layers runs (glob patterns over module names).
 LAYER_SETS = {
@@ -160,14 +184,15 @@ class Phases:
 
 # ---------------------------------------------------------------- the pipeline
 def build_pipeline(unet_kind: str, latent: int, device: str, dtype):
-    """A StableDiffusionPipeline around the SD 1.5 UNet (random weights, ``latent``² latents)."""
+    """A StableDiffusionPipeline around the SD 1.5 UNet, or a StableDiffusionXLPipeline around SDXL's
+    (random weights, ``latent``² latents)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from concept_erase.world.tokenizer import build_tokenizer
 
-    config = {**(SD15_UNET_CONFIG if unet_kind == "sd15" else TINY_UNET_CONFIG), "sample_size": latent}
+    config = {**UNET_CONFIGS[unet_kind], "sample_size": latent}
     # Build on the meta device and fill in random weights: 860 M parameters initialise in seconds.
     with torch.device("meta"):
         unet = UNet2DConditionModel(**config)
@@ -192,8 +217,19 @@ def build_pipeline(unet_kind: str, latent: int, device: str, dtype):
                         up_block_types=("UpDecoderBlock2D",), norm_num_groups=8, latent_channels=4).to(device, dtype)
     sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if "sdxl" in unet_kind:  # SDXL: a second (projected) text encoder of width 1280; 768 + 1280 = 2048
+        from diffusers import StableDiffusionXLPipeline
+        from transformers import CLIPTextModelWithProjection
+
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tok), hidden_size=1280, intermediate_size=1280, num_hidden_layers=1, num_attention_heads=20,
+            max_position_embeddings=77, projection_dim=1280, bos_token_id=0, eos_token_id=1,
+            pad_token_id=1)).to(device, dtype)
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tok,
+                                         tokenizer_2=tok, unet=unet, scheduler=sched)
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -227,20 +263,20 @@ def _control_backward(pipe, patterns, concept, phases: Phases) -> None:
 
     from concept_erase.objectives import gradient_loss
     from concept_erase.methods.common import select_modules as find_targets
-    from concept_erase.diffusion import encode_prompts
+    from concept_erase.diffusion import encode_conditioning, null_conditioning, unet_prediction
 
     unet = pipe.unet
     weights = [m.weight for m in find_targets(unet, patterns).values()]
     unet.requires_grad_(False)
     for w in weights:
         w.requires_grad_(True)
-    c, null = encode_prompts(pipe, concept.forget[:1]), encode_prompts(pipe, [""])
+    c, null = encode_conditioning(pipe, concept.forget[:1]), null_conditioning(pipe)  # SDXL: + pooled, time ids
     size = unet.config.sample_size
     x = torch.randn(1, 4, size, size, device=c.device, dtype=c.dtype)
     t = torch.tensor([500], device=c.device)
 
     def eps(x_t, tt, cc):
-        return unet(x_t, tt, encoder_hidden_states=cc).sample
+        return unet_prediction(unet, x_t, tt, cc)
 
     phases.start("control: forward+backward")
     loss = gradient_loss("guided_ascent")(eps, eps, x, t, torch.randn_like(x), c, c, null, guidance=7.5)
@@ -299,9 +335,13 @@ def run_one(spec: dict) -> dict:
 
         svd_peaks = []
 
+        options = spec.get("semu_options", {})
+        streamed = options.get("stream_gradient", False)
+
         def svd_(*a, **k):  # one layer: its transient is measured above the memory in use just before it
-            if calls["svd"] == 0:
-                phases.mark("svd")
+            if calls["svd"] == 0 and not streamed:  # streamed: the SVDs run between the groups' passes,
+                phases.mark("svd")                   # so they stay inside the "gradient" phase
+
             calls["svd"] += 1
             phases.fold()
             before = meter.current()
@@ -310,29 +350,40 @@ def run_one(spec: dict) -> dict:
             return out
 
         def inject_(*a, **k):
-            phases.mark("train")
+            phases.mark("train")  # with a target pool, building it is part of "train"
             return inject(*a, **k)
 
+        pools = trainer._target_pools
+
+        def pools_(*a, **k):  # the pool is built once before the steps; its cost is amortised, not per step
+            phases.mark("pool")
+            out = pools(*a, **k)
+            phases.mark("train")
+            return out
+
+        trainer._target_pools = pools_
         trainer.prompt_data, trainer.gradient_subspace, trainer.inject_ = gen_, svd_, inject_
         n_images = spec["prompts"] * spec["images_per_prompt"]
         phases.start("data")
         try:
             adapter = erase_with("semu", pipe, concept, progress=False, target_modules=patterns, steps=spec["steps"],
                                  num_forget_images=n_images, num_retain_images=n_images,
-                                 sample_steps=spec["sample_steps"], batch_size=1, gradient_batches=n_images)
+                                 sample_steps=spec["sample_steps"], batch_size=1, gradient_batches=n_images,
+                                 **options)
         finally:
             trainer.prompt_data, trainer.gradient_subspace, trainer.inject_ = gen, svd, inject
+            trainer._target_pools = pools
         phases.mark(None)
         result["gradient_batches"] = n_images
         result["s_per_gradient_batch"] = phases.times["gradient"] / n_images
         result["s_per_sample_step"] = phases.times["data"] / (2 * n_images * spec["sample_steps"])
-        result["s_per_svd_layer"] = phases.times["svd"] / result["layers_n"]
+        result["s_per_svd_layer"] = phases.times.get("svd", 0.0) / result["layers_n"]
         result["s_per_step"] = phases.times["train"] / spec["steps"]
         result["svd_transient_max"] = max(svd_peaks)
         o = OFFICIAL
         result["projected_s"] = (2 * o["semu_images"] * o["semu_sample_steps"] * result["s_per_sample_step"]
                                  + o["semu_images"] * result["s_per_gradient_batch"]
-                                 + phases.times["svd"] + o["semu_steps"] * o["semu_batch"] * result["s_per_step"])
+                                 + phases.times.get("svd", 0.0) + o["semu_steps"] * o["semu_batch"] * result["s_per_step"])
     elif method.startswith("esd"):
         import concept_erase.methods.esd as esd
 
@@ -396,6 +447,11 @@ def plan(args) -> list[dict]:
         dict(base, group="methods", method="semu", layers="attn2 k,v", control=True),
         dict(base, group="methods", method="esd-x", layers="attn2 all"),
         dict(base, group="methods", method="uce", layers="attn2 k,v"),
+        # SEMU's cost options: the gradient accumulated one layer group at a time (memory bound), and the
+        # base model's targets precomputed for a pool of noised examples (no base forward per step)
+        dict(base, group="options", method="semu", layers="attn2 k,v", control=True,
+             semu_options={"stream_gradient": True}),
+        dict(base, group="options", method="semu", layers="attn2 k,v", semu_options={"target_pool": 8}),
     ]
     if not args.quick:
         runs += [
@@ -424,7 +480,8 @@ def _s(x, digits=2) -> str:
 def report(results: list[dict], args) -> str:
     r0 = results[0]
     lines = [
-        f"SD 1.5 UNet architecture, random weights ({r0['unet_parameters'] / 1e6:,.0f} M parameters), "
+        f"{'SDXL' if 'sdxl' in args.unet else 'SD 1.5'} UNet architecture, random weights "
+        f"({r0.get('unet_parameters', 0) / 1e6:,.0f} M parameters), "
         f"{args.device} {args.dtype}, {args.threads} threads, latents {args.latent}×{args.latent}, batch 1, "
         f"{args.steps} training steps, {args.sample_steps} sampler steps.",
         "",
@@ -449,7 +506,21 @@ def report(results: list[dict], args) -> str:
             f"{_s(r.get('s_per_sample_step'), 3)} | {_s(r.get('projected_s'), 0)} | {_mb(r['peak_rss_bytes'])} "
             f"| {_mb(peak)} |"
         )
-    semu = next((r for r in results if r["method"] == "semu" and r.get("control") and "error" not in r), None)
+    for r in results:
+        if r["method"] == "semu" and r.get("semu_options") and "error" not in r:
+            opts = ", ".join(f"{k}={v}" for k, v in r["semu_options"].items())
+            pool = r["phase_s"].get("pool")
+            lines.append(f"\nSEMU with {opts}: {_s(r['s_per_step'])} s per step"
+                         + (f" (pool built once in {pool:.1f} s)" if pool is not None else ""))
+            if r.get("control"):
+                pk = r["phase_peak_bytes"]
+                extra = pk["gradient"] - pk.get("control: forward+backward", 0)
+                lines.append("gradient accumulation and SVD hold {:.1f}× one layer's gradient beyond autograd "
+                             "({:.2f}× all target gradients); gradient phase {:.1f} s.".format(
+                                 extra / r["grad_bytes_max_layer"], extra / r["grad_bytes_all"],
+                                 r["phase_s"]["gradient"]))
+    semu = next((r for r in results if r["method"] == "semu" and r.get("control") and not r.get("semu_options")
+                 and "error" not in r), None)
     if semu:
         pk = semu["phase_peak_bytes"]
         ctl = pk.get("control: forward+backward", 0)
@@ -483,7 +554,8 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=4, help="sampler steps for data and ESD's x_t")
     ap.add_argument("--prompts", type=int, default=2, help="forget prompts (one image each) per run")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--unet", default="sd15", choices=["sd15", "tiny"], help="tiny: a smoke run of this script")
+    ap.add_argument("--unet", default="sd15", choices=sorted(UNET_CONFIGS),
+                    help="sd15 or sdxl; tiny / tiny-sdxl: a smoke run of this script")
     ap.add_argument("--quick", action="store_true", help="only the three methods at their default layers")
     ap.add_argument("--isolate", action="store_true",
                     help="one process per run (its ru_maxrss is then that run's peak), rebuilding the UNet each time")

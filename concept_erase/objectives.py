@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .errors import InvalidConfigError
 
-__all__ = ["OBJECTIVES", "GRADIENT_LOSSES", "forget_loss", "gradient_loss"]
+__all__ = ["OBJECTIVES", "GRADIENT_LOSSES", "forget_loss", "forget_target", "gradient_loss"]
 
 Eps = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -49,6 +49,25 @@ def forget_loss(name: str) -> Callable:
     if name not in OBJECTIVES:
         raise InvalidConfigError(f"Unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")
     return OBJECTIVES[name]
+
+
+def forget_target(name: str, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0
+                  ) -> tuple[torch.Tensor, float]:
+    """The objective ``name`` split into what needs no gradient and what does: ``(y, sign)`` such that
+    the loss is ``sign · MSE(ε_θ'(x_t, c_forget), y)``. ``y`` depends only on the frozen base model and
+    the batch, so it can be computed ahead of training, in large no-grad batches (SEMU's target pool).
+
+    >>> y, sign = forget_target("relabel", base_eps, x_t, t, target, c_f, c_a, c_null)  # doctest: +SKIP
+    >>> loss = sign * F.mse_loss(eps(x_t, t, c_f), y)                                    # doctest: +SKIP
+    """
+    forget_loss(name)  # the same error for an unknown name
+    if name == "gradient_ascent":
+        return target, -1.0
+    with torch.no_grad():
+        if name == "relabel":
+            return base_eps(x_t, t, c_anchor), 1.0
+        e_null, e_c = base_eps(x_t, t, c_null), base_eps(x_t, t, c_forget)  # esd
+        return e_null - eta * (e_c - e_null), 1.0
 
 
 def guided_ascent(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, guidance: float = 7.5):

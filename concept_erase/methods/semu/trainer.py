@@ -19,6 +19,15 @@ Ablations (``SemuConfig.subspace`` / ``parametrization``) change one ingredient 
 - ``parametrization="full"``: no subspace (steps 2-4 are skipped); the full weight matrices are
   trained, and their dense deltas are exported through :mod:`concept_erase.methods.dense`.
 
+Two options change what the erasure costs, not what it computes:
+
+- ``stream_gradient=True``: step 2 takes the target layers in groups no larger than the largest layer
+  and sums one group's gradient at a time, its SVD following at once, so at most one layer's dense
+  gradient is held beyond autograd (one more pass over the gradient batches per group);
+- ``target_pool=N``: the base model's side of the loss (the relabel/ESD teacher, the retain target)
+  is computed once for N noised forget and N retain examples in no-grad chunks, and step 6 draws its
+  batches from that pool: each step runs only the adapted model.
+
 The pipeline is left exactly as it was, even when training fails.
 """
 
@@ -31,6 +40,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ...adapter import UnlearningAdapter
@@ -38,7 +48,7 @@ from ...concepts import Concept, resolve_concept
 from ...errors import InvalidConfigError
 from ...diffusion import (Conditioning, add_noise, check_finite, encode_conditioning, frozen_unet, functional_eps,
                           null_conditioning, prompt_data, training_target, unet_prediction)
-from ...objectives import forget_loss, gradient_loss
+from ...objectives import forget_loss, forget_target, gradient_loss
 from ..common import (FORGET_OFFSET, RETAIN_OFFSET, float32_eps, make_adapter, master_weights, mixed_precision_eps,
                       select_modules)
 from ..dense import adapter_from_deltas
@@ -226,53 +236,185 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
     n_f = len(data.f_idx_t)
     # --- 2. forget gradient, summed over batches (each batch clipped to norm 1 first) ---
     weights = {name: m.weight for name, m in targets.items()}
-    for w in weights.values():
-        w.requires_grad_(True)
-        w.grad = None
-    summed: dict[str, torch.Tensor] = {}  # float32 sums of the batch gradients, whatever the weights' dtype
     loss_fn = gradient_loss(config.gradient_loss)
     order = torch.randperm(n_f, generator=g)
-    batches = order.chunk(min(config.gradient_batches, n_f))
-    for b, batch in enumerate(tqdm(batches, desc="forget gradient", disable=not progress, leave=False)):
-        x_t, t, target = data.noised(data.x0_f, batch)
+    batches = []  # drawn once, so every pass over them (one per layer group when streaming) sees the same noise
+    for batch in order.chunk(min(config.gradient_batches, n_f)):
+        batches.append((batch, *data.noised(data.x0_f, batch)))
+
+    def batch_grads(b: int, names: list[str]) -> tuple[torch.Tensor, ...]:
+        batch, x_t, t, target = batches[b]
         fi = data.f_idx_t[batch]
         loss = loss_fn(eps, eps, x_t, t, target, data.c_f[fi], data.c_a[fi], data.c_null.expand(len(batch)),
                        guidance=config.gradient_guidance)
         check_finite(loss, "forget-gradient loss", b, hint=_HINT)
-        grads = torch.autograd.grad(loss, list(weights.values()))
-        scale = 1.0
-        if config.clip_gradient is not None:
-            total = torch.sqrt(sum((gr.float() ** 2).sum() for gr in grads))
-            scale = min(1.0, config.clip_gradient / (float(total) + 1e-12))
-        for name, gr in zip(weights, grads):
-            summed[name] = gr.float() * scale if name not in summed else summed[name].add_(gr.float(), alpha=scale)
-        del grads
+        return torch.autograd.grad(loss, [weights[n] for n in names])
+
+    groups = _layer_groups(weights) if config.stream_gradient else [list(weights)]
+    for w in weights.values():
+        w.requires_grad_(True)
+        w.grad = None
+    scales = [1.0] * len(batches)
+    if config.clip_gradient is not None and len(groups) > 1:
+        # the clipping norm is over every target layer: one pass for the norms alone (nothing is kept)
+        for b in tqdm(range(len(batches)), desc="gradient norms", disable=not progress, leave=False):
+            scales[b] = _clip_scale(batch_grads(b, list(weights)), config.clip_gradient)
     # --- SEMU x SIMU: the critical neurons of the target layers (plain SEMU skips this) ---
     row_masks = {}
     if config.mask == "simu":
+        for w in weights.values():
+            w.requires_grad_(False)
         retain = data.retain
         row_masks, _ = unet_critical_masks(
             pipe, targets, (data.x0_f, data.f_idx_t, data.c_f), retain,
             steps=config.mask_steps, threshold=config.mask_threshold, kind=config.mask_kind,
             images=n_f, batch_size=config.batch_size, max_timestep=config.max_timestep, generator=g,
             progress=progress)
-    # --- 3-4. projection and SVD, one layer at a time ---
-    factors = {}
-    for name, w in weights.items():
-        mask = row_masks.get(name)
-        if mask is not None and not mask.any():  # no critical neuron in this layer: not adapted
+        for w in weights.values():
+            w.requires_grad_(True)
+    factors, spectra = {}, {}
+    bar = tqdm(total=len(groups) * len(batches), desc="forget gradient", disable=not progress, leave=False)
+    for names in groups:
+        summed: dict[str, torch.Tensor] = {}  # float32 sums of the batch gradients, whatever the weights' dtype
+        for b in range(len(batches)):
+            grads = batch_grads(b, names)
+            if config.clip_gradient is not None and len(groups) == 1:
+                scales[b] = _clip_scale(grads, config.clip_gradient)
+            for name, gr in zip(names, grads):
+                summed[name] = gr.float() * scales[b] if name not in summed else summed[name].add_(gr.float(),
+                                                                                                   alpha=scales[b])
+            del grads
+            bar.update()
+        # --- 3-4. projection and SVD, one layer at a time ---
+        for name in names:
+            w = weights[name]
+            mask = row_masks.get(name)
+            grad = summed.pop(name)
             w.grad = None
             w.requires_grad_(False)
-            continue
-        u, s, v = gradient_subspace(summed.pop(name), w.detach(), config.gamma_for(name), max_rank=config.max_rank,
-                                    project=config.project, row_mask=mask)
-        w.grad = None
-        w.requires_grad_(False)
-        factors[name] = (u, v)
+            if mask is not None and not mask.any():  # no critical neuron in this layer: not adapted
+                continue
+            u, s, v = gradient_subspace(grad, w.detach(), config.gamma_for(name), max_rank=config.max_rank,
+                                        project=config.project, row_mask=mask)
+            del grad
+            factors[name] = (u, v)
+            spectra[name] = s
+    bar.close()
+    if config.max_trainable_fraction is not None and factors:
+        budget = config.max_trainable_fraction * sum(p.numel() for p in unet.parameters())
+        ranks = budget_ranks(spectra, budget)
+        factors = {name: (u[:, :ranks[name]].contiguous(), v[:, :ranks[name]].contiguous())
+                   for name, (u, v) in factors.items()}
     if not factors:
         raise InvalidConfigError(f"SEMU x SIMU found no critical neuron in the target layers at threshold "
                                  f"{config.mask_threshold}; lower `mask_threshold` or use mask_kind='forget'.")
     return factors
+
+
+def budget_ranks(spectra: dict[str, torch.Tensor], budget: float) -> dict[str, int]:
+    """Ranks that fit ``Σ r² ≤ budget`` (:attr:`SemuConfig.max_trainable_fraction`), from each layer's
+    kept singular values. Directions are admitted across layers in decreasing order of the share of
+    their layer's (kept) gradient variance they explain, ``s_i² / Σ_j s_j²`` — one explained-variance
+    threshold for every layer, as SEMU's γ is — while the next one still fits; every layer keeps at
+    least its first. Ranks never grow beyond what γ chose.
+
+    >>> budget_ranks({"a": torch.tensor([3.0, 2.0, 1.0]), "b": torch.tensor([1.0, 1.0])}, budget=6)
+    {'a': 1, 'b': 2}
+    """
+    ranks = {name: 1 for name in spectra}
+    used = len(spectra)
+    if used > budget:
+        raise InvalidConfigError(f"`max_trainable_fraction` allows {budget:,.0f} trained parameters, but the "
+                                 f"{len(spectra)} target layers need at least {used} (rank 1 each); raise it or "
+                                 "target fewer layers.")
+    shares = []
+    for name, s in spectra.items():
+        e = s.double() ** 2
+        e = e / e.sum().clamp_min(1e-300)
+        shares += [(float(e[i]), name, i) for i in range(1, len(e))]
+    for share, name, i in sorted(shares, key=lambda x: (-x[0], x[1], x[2])):
+        if ranks[name] != i:  # a layer's directions come in order: a later one waits for the earlier
+            continue
+        cost = 2 * i + 1  # (i + 1)² − i²
+        if used + cost > budget:
+            break
+        ranks[name] = i + 1
+        used += cost
+    return ranks
+
+
+def _clip_scale(grads, max_norm: float) -> float:
+    """The factor that clips one batch's gradient (all target layers together) to ``max_norm``."""
+    total = torch.sqrt(sum((gr.float() ** 2).sum() for gr in grads))
+    return min(1.0, max_norm / (float(total) + 1e-12))
+
+
+def _layer_groups(weights: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Consecutive target layers grouped so that no group's gradients outgrow the largest layer's:
+    the bound :attr:`SemuConfig.stream_gradient` keeps. Every layer is in exactly one group, in order.
+
+    >>> _layer_groups({"a": torch.zeros(4, 4), "b": torch.zeros(2, 4), "c": torch.zeros(2, 4), "d": torch.zeros(3, 4)})
+    [['a'], ['b', 'c'], ['d']]
+    """
+    budget = max(w.numel() for w in weights.values())
+    groups: list[list[str]] = []
+    size = budget + 1
+    for name, w in weights.items():
+        if size + w.numel() > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += w.numel()
+    return groups
+
+
+@dataclass
+class _Pool:
+    """Noised examples drawn ahead of training with the base model's side of the loss already computed
+    (:attr:`SemuConfig.target_pool`): for the forget side the teacher ``y`` of
+    :func:`~concept_erase.objectives.forget_target`, for the retain side the base prediction."""
+
+    x_t: torch.Tensor
+    t: torch.Tensor
+    rows: torch.Tensor  # which prompt of the conditioning each example belongs to
+    y: torch.Tensor
+
+
+def _target_pools(base_eps: Callable, data: _Data, config: SemuConfig, *, progress: bool
+                  ) -> tuple[_Pool, _Pool | None, float]:
+    """The forget and retain pools of ``config.target_pool`` examples each, in no-grad chunks; and the
+    forget loss's sign."""
+    g, n = data.g, config.target_pool
+    chunk = max(32, config.batch_size)
+    sign = 1.0
+
+    def pool(x0, idx_t, teacher, desc: str) -> _Pool:
+        idx = torch.randint(0, len(idx_t), (n,), generator=g)
+        x_t, t, target = data.noised(x0, idx)
+        rows = idx_t[idx]
+        ys = []
+        for lo in tqdm(range(0, n, chunk), desc=desc, disable=not progress, leave=False):
+            sl = slice(lo, lo + chunk)
+            ys.append(teacher(x_t[sl], t[sl], target[sl], rows[sl]))
+        return _Pool(x_t, t, rows, torch.cat(ys))
+
+    def forget_teacher(x_t, t, target, rows):
+        nonlocal sign
+        y, sign = forget_target(config.objective, base_eps, x_t, t, target, data.c_f[rows], data.c_a[rows],
+                                data.c_null.expand(len(rows)), eta=config.eta)
+        return y.detach()
+
+    forget = pool(data.x0_f, data.f_idx_t, forget_teacher, "forget targets")
+    retain = None
+    if data.retain is not None:
+        x0_r, r_idx_t, c_r = data.retain
+
+        def retain_teacher(x_t, t, target, rows):
+            with torch.no_grad():
+                return base_eps(x_t, t, c_r[rows])
+
+        retain = pool(x0_r, r_idx_t, retain_teacher, "retain targets")
+    return forget, retain, sign
 
 
 def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: _Data, config: SemuConfig, *,
@@ -287,12 +429,10 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
         opt = Sophia(params, lr=config.learning_rate, rho=config.sophia_rho, weight_decay=0.0)
     else:
         opt = torch.optim.Adam(params, lr=config.learning_rate)
+    pools = _target_pools(base_eps, data, config, progress=progress) if config.target_pool else None
     bar = tqdm(range(config.steps), desc=desc, disable=not progress)
     history = []
     for step in bar:
-        batch = torch.randint(0, n_f, (min(config.batch_size, n_f),), generator=g)
-        x_t, t, target = data.noised(data.x0_f, batch)
-        fi = data.f_idx_t[batch]
         preds = []  # predictions that carry the parameters' gradient (Sophia's Hessian estimate uses them)
 
         def train_eps(x, tt, c):
@@ -301,19 +441,37 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
                 preds.append(out)
             return out
 
-        loss_f = objective(train_eps, base_eps, x_t, t, target, data.c_f[fi], data.c_a[fi],
-                           data.c_null.expand(len(batch)), eta=config.eta)
-        loss = loss_f
         loss_r = None
-        if data.retain is not None:
-            x0_r, r_idx_t, c_r = data.retain
-            rb = torch.randint(0, len(r_idx_t), (min(config.batch_size, len(r_idx_t)),), generator=g)
-            xr_t, tr, _ = data.noised(x0_r, rb)
-            cr = c_r[r_idx_t[rb]]
-            with torch.no_grad():
-                target_r = base_eps(xr_t, tr, cr)
-            loss_r = torch.nn.functional.mse_loss(train_eps(xr_t, tr, cr), target_r)
-            loss = loss_f + config.retain_weight * loss_r
+        if pools is not None:  # batches from the pool: no base forward in the step
+            forget_pool, retain_pool, sign = pools
+            fb = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),), generator=g)
+            batch = fb
+            loss_f = sign * F.mse_loss(train_eps(forget_pool.x_t[fb], forget_pool.t[fb],
+                                                 data.c_f[forget_pool.rows[fb]]), forget_pool.y[fb])
+            loss = loss_f
+            if retain_pool is not None:
+                x0_r, r_idx_t, c_r = data.retain
+                rb = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),),
+                                   generator=g)
+                loss_r = F.mse_loss(train_eps(retain_pool.x_t[rb], retain_pool.t[rb], c_r[retain_pool.rows[rb]]),
+                                    retain_pool.y[rb])
+                loss = loss_f + config.retain_weight * loss_r
+        else:
+            batch = torch.randint(0, n_f, (min(config.batch_size, n_f),), generator=g)
+            x_t, t, target = data.noised(data.x0_f, batch)
+            fi = data.f_idx_t[batch]
+            loss_f = objective(train_eps, base_eps, x_t, t, target, data.c_f[fi], data.c_a[fi],
+                               data.c_null.expand(len(batch)), eta=config.eta)
+            loss = loss_f
+            if data.retain is not None:
+                x0_r, r_idx_t, c_r = data.retain
+                rb = torch.randint(0, len(r_idx_t), (min(config.batch_size, len(r_idx_t)),), generator=g)
+                xr_t, tr, _ = data.noised(x0_r, rb)
+                cr = c_r[r_idx_t[rb]]
+                with torch.no_grad():
+                    target_r = base_eps(xr_t, tr, cr)
+                loss_r = F.mse_loss(train_eps(xr_t, tr, cr), target_r)
+                loss = loss_f + config.retain_weight * loss_r
         check_finite(loss, "loss", step, hint=_HINT)
         if config.optimizer == "sophia" and step % _SOPHIA_INTERVAL == 0:
             opt.update_hessian(gnb_estimate(preds, params, batch_size=len(batch), generator=g))
