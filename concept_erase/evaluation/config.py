@@ -31,7 +31,10 @@ class EvalConfig(Config):
                                      "preset name; SPLIT=FILE puts the file's rows in SPLIT; repeat to combine "
                                      "(default: the forget, paraphrase and retain prompts stored in the adapter)",
                                  append=True, group=_MODELS)
-    base: str = setting("world", "'world', a local diffusers pipeline directory, or a hub id", group=_MODELS)
+    base: str = setting("world", "'world', a local diffusers pipeline directory, a hub id, or a single-file "
+                                 "checkpoint (.safetensors)", group=_MODELS)
+    base_config: str | None = setting(None, "a local diffusers pipeline directory or hub id whose configs describe "
+                                            "a single-file --base (offline: a local one)", group=_MODELS)
     adapters: list[str] = setting([], "adapter file, name or hub id (repeat for several)", flag="--adapter",
                                   append=True, group=_MODELS)
     adapter_scale: float = setting(1.0, "scale of every adapter", group=_MODELS)

@@ -181,7 +181,7 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
                                       else load_clip(config.clip_model, device))
         clip = ClipScoreStats(clip_model, clip_processor, splits, device=metric_device)
     if pipe is None:
-        pipe = load_base(config.base, device)
+        pipe = load_base(config.base, device, base_config=config.base_config)
     pipe.set_progress_bar_config(disable=True)
     call_kwargs = _call_kwargs(config)
     check_prompts(pipe, list(dict.fromkeys(r.prompt for r in rows)), what="evaluation prompts")
