@@ -35,7 +35,7 @@ class EvalConfig(Config):
                                  "checkpoint (.safetensors)", group=_MODELS)
     base_config: str | None = setting(None, "a local diffusers pipeline directory or hub id whose configs describe "
                                             "a single-file --base (offline: a local one)", group=_MODELS)
-    categories: list[str] = setting([], "keep only the prompt rows whose `categories` column (I2P's) names one of "
+    categories: list[str] = setting([], "keep only the prompt rows whose categories column (I2P's) names one of "
                                         "these, e.g. sexual", group=_MODELS)
     adapters: list[str] = setting([], "adapter file, name or hub id (repeat for several)", flag="--adapter",
                                   append=True, group=_MODELS)
