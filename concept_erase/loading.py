@@ -34,7 +34,7 @@ from .hub import SHIPPED_ADAPTERS_DIR, adapter_home, known_adapters, resolve_ada
 
 __all__ = ["resolve_adapter", "adapter_home", "known_adapters", "UnlearningMixin", "install_pipeline_methods",
            "SHIPPED_ADAPTERS_DIR", "load_base", "is_world", "default_device", "adapter_key", "base_dtype",
-           "dtype_kwargs", "quiet_hf_logging", "load_unet_lora"]
+           "dtype_kwargs", "quiet_hf_logging", "load_unet_lora", "SINGLE_FILE_SUFFIXES"]
 logger = logging.getLogger(__name__)
 
 
@@ -83,15 +83,23 @@ def load_unet_lora(pipe, state_dict: dict[str, torch.Tensor], *, adapter_name: s
 
 
 def load_base(base: str | None, device: str | None = None, *, mixed_precision: str | None = None,
-              revision: str | None = None, variant: str | None = None):
-    """``"world"`` (the shipped model), a local pipeline directory or a hub id -> pipeline on ``device``
-    (default: cuda when available). Progress bars of the pipeline are off; errors name what to pass.
+              revision: str | None = None, variant: str | None = None, base_config: str | None = None):
+    """``"world"`` (the shipped model), a local pipeline directory, a hub id or a single-file
+    checkpoint (``.safetensors``) -> pipeline on ``device`` (default: cuda when available). Progress
+    bars of the pipeline are off; errors name what to pass.
 
     ``mixed_precision`` sets the dtype of the (frozen) base weights as diffusers' training scripts do:
     ``"no"`` (float32), ``"fp16"`` or ``"bf16"``; default ``"fp16"`` on CUDA, ``"no"`` elsewhere
     (:func:`base_dtype`). The erasure methods train float32 parameters whatever it is. ``revision``
     (branch, tag or commit of a hub repo) and ``variant`` (``"fp16"`` loads ``*.fp16.safetensors``
     files) are passed to ``DiffusionPipeline.from_pretrained``.
+
+    A ``.safetensors`` file is a whole Stable Diffusion model in the original LDM layout (the files
+    A1111, ComfyUI and Civitai use), read with diffusers' ``from_single_file`` (SDXL when the file holds
+    its second text encoder, else SD 1.x/2.x). ``base_config`` is a local diffusers pipeline directory
+    or a hub id whose configs (UNet, VAE, text encoder, tokenizer, scheduler) describe the model;
+    without it diffusers infers them from the file's keys and fetches them from the hub. Pickle
+    checkpoints (``.ckpt``, ``.pt``, ``.bin``) are refused: they can run code when loaded.
 
     >>> pipe = load_base("world", "cpu", mixed_precision="bf16")
     >>> pipe.unet.dtype
@@ -103,12 +111,22 @@ def load_base(base: str | None, device: str | None = None, *, mixed_precision: s
         if revision is not None or variant is not None:
             raise InvalidConfigError(f"--revision/--variant ({revision!r}, {variant!r}) apply to a hub id or a "
                                      "pipeline directory, not to the shipped world model; leave them out.")
+        if base_config is not None:
+            raise InvalidConfigError(f"--base-config {base_config!r} applies to a single-file --base (a "
+                                     ".safetensors checkpoint), not to the shipped world model; leave it out.")
         from . import world  # the shipped model's code is loaded only when it is asked for
 
         return world.load_pipeline(device, torch_dtype=dtype)  # quiet as below
     from diffusers import DiffusionPipeline
 
     path = Path(base).expanduser()
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES + PICKLE_SUFFIXES or path.is_file():
+        return _load_single_file(base, path, device, dtype, revision=revision, variant=variant,
+                                 base_config=base_config)
+    if base_config is not None:
+        raise InvalidConfigError(f"--base-config {base_config!r} applies to a single-file --base (a .safetensors "
+                                 f"checkpoint), but --base {base!r} is a pipeline directory or hub id, which holds "
+                                 "its own configs; leave --base-config out.")
     looks_like_path = base.startswith(("/", ".", "~")) or base.count("/") != 1
     if path.exists() and not (path / "model_index.json").is_file():
         raise WeightsNotFoundError(f"--base {base!r} is a path but holds no model_index.json (not a diffusers pipeline).")
@@ -134,6 +152,95 @@ def load_base(base: str | None, device: str | None = None, *, mixed_precision: s
         raise WeightsNotFoundError(
             f"Could not load --base {base!r}{where}{files}: {e.__class__.__name__}: {str(e)[:300]}. {advice}"
         ) from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+# ---------------------------------------------------------------- single-file checkpoints
+SINGLE_FILE_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+# components whose configs a pipeline directory given with --base-config must hold (SDXL: the *_2 too)
+_CONFIG_FILES = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+                 "tokenizer": None, "scheduler": "scheduler_config.json"}
+_XL_CONFIG_FILES = {"text_encoder_2": "config.json", "tokenizer_2": None}
+
+
+def _single_file_kind(base: str, path: Path) -> str:
+    """``"sdxl"`` or ``"sd"`` from the tensor names in the file's header (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) on a bad header
+        raise WeightsNotFoundError(f"--base {base!r} could not be read as a safetensors file ({type(e).__name__}: "
+                                   f"{str(e)[:200]}).") from None
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise WeightsNotFoundError(
+            f"--base {base!r} holds no UNet in the original LDM layout (no 'model.diffusion_model.*' tensors): it "
+            "is not a whole Stable Diffusion checkpoint (a LoRA, or a UNet or VAE alone?). Pass a full model file, "
+            "or a diffusers pipeline directory.")
+    return "sdxl" if any(k.startswith("conditioner.embedders.1.") for k in keys) else "sd"
+
+
+def _check_base_config(base_config: str, kind: str) -> tuple[str, bool]:
+    """``base_config`` -> (what to pass to ``from_single_file(config=)``, whether it is local)."""
+    path = Path(base_config).expanduser()
+    if not path.exists():
+        if base_config.startswith(("/", ".", "~")) or base_config.count("/") != 1:
+            raise WeightsNotFoundError(f"--base-config {base_config!r} is not an existing directory, nor a hub id "
+                                       "of the form 'owner/name'. Pass a diffusers pipeline directory (offline: a "
+                                       "local one) whose configs describe the checkpoint.")
+        return base_config, False
+    if not path.is_dir():
+        raise InvalidConfigError(f"--base-config {base_config!r} is a file; pass a diffusers pipeline directory "
+                                 "(model_index.json and a folder per component) or a hub id.")
+    wanted = {**_CONFIG_FILES, **(_XL_CONFIG_FILES if kind == "sdxl" else {})}
+    missing = [f"{folder}/{name}" if name else f"{folder}/" for folder, name in wanted.items()
+               if not (path / folder / name if name else path / folder).exists()]
+    if not (path / "model_index.json").is_file():
+        missing.insert(0, "model_index.json")
+    if missing:
+        raise InvalidConfigError(
+            f"--base-config {base_config!r} lacks {', '.join(missing)}: it must be a diffusers pipeline directory "
+            f"whose configs describe the checkpoint ({'SDXL' if kind == 'sdxl' else 'SD 1.x/2.x'}). Download only "
+            f"the configs with \"hf download REPO --exclude '*.safetensors' '*.bin' --local-dir DIR\" and pass DIR.")
+    return str(path), True
+
+
+def _load_single_file(base: str, path: Path, device: str, dtype: torch.dtype, *, revision, variant, base_config):
+    """A single-file Stable Diffusion checkpoint -> pipeline on ``device``: see :func:`load_base`."""
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES or (path.is_file() and suffix not in SINGLE_FILE_SUFFIXES):
+        raise InvalidConfigError(
+            f"--base {base!r} is a {suffix or 'suffix-less'} file; only .safetensors checkpoints are loaded (pickle "
+            "files such as .ckpt, .pt and .bin can run code when loaded). Convert it once where you trust it, e.g. "
+            "safetensors.torch.save_file(torch.load(PATH, weights_only=True)['state_dict'], 'model.safetensors'), "
+            "or download the .safetensors version.")
+    if not path.is_file():
+        raise WeightsNotFoundError(f"--base {base!r} looks like a checkpoint file but does not exist"
+                                   f"{' (it is a directory)' if path.exists() else ''}. Check the path.")
+    if revision is not None or variant is not None:
+        raise InvalidConfigError(f"--revision/--variant ({revision!r}, {variant!r}) apply to a hub id or a pipeline "
+                                 f"directory, not to the single-file checkpoint {base!r}; leave them out.")
+    kind = _single_file_kind(base, path)
+    config, local = _check_base_config(base_config, kind) if base_config is not None else (None, False)
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
+    extra = {} if kind == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        with quiet_hf_logging():
+            pipe = cls.from_single_file(str(path), config=config, local_files_only=local,
+                                        **dtype_kwargs(dtype), **extra)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # RuntimeError: shapes that do not fit the config
+        advice = (f"Check that --base-config {base_config!r} describes this checkpoint (same architecture)."
+                  if base_config is not None else
+                  "Without --base-config diffusers fetches the configs it infers from the hub; offline, pass "
+                  "--base-config DIR, a local diffusers pipeline directory of the same architecture (its configs "
+                  "are enough).")
+        raise WeightsNotFoundError(f"Could not load the single-file checkpoint --base {base!r}: "
+                                   f"{e.__class__.__name__}: {str(e)[:300]}. {advice}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -9,8 +9,10 @@
 >>> pipe.load_unlearning_adapter("my-sdxl-adapter.safetensors") # doctest: +SKIP
 
 Loading, scaling, fusing and unloading adapters work on SDXL (tested on a tiny SDXL-architecture
-model). Training SEMU adapters *on* SDXL is not supported yet: the trainer conditions the UNet on
-text embeddings only, while SDXL also needs pooled embeddings and time ids.
+model), and so does training them on SDXL (``concept-erase erase --base <an SDXL pipeline>``, or
+``concept_erase.erase``): the methods condition the UNet on both text encoders' hidden states and
+on SDXL's pooled embedding and time ids (``concept_erase.diffusion.Conditioning``;
+``tests/test_sdxl_training.py``). The codebook method is the exception: it refuses SDXL.
 """
 
 from diffusers import StableDiffusionXLPipeline

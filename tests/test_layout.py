@@ -18,8 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "concept_erase"
 LAYERS = [
     {"concept_erase.version", "concept_erase.errors", "concept_erase._io", "concept_erase.config"},
     {"concept_erase.images", "concept_erase.viz", "concept_erase.concepts", "concept_erase.objectives"},
-    {"concept_erase.adapter", "concept_erase.lora_formats", "concept_erase.diffusion", "concept_erase.codebook",
-     "concept_erase.hub"},
+    {"concept_erase.adapter", "concept_erase.lora_formats", "concept_erase.ldm_format", "concept_erase.diffusion",
+     "concept_erase.codebook", "concept_erase.hub"},
     {"concept_erase.world"},
     {"concept_erase.loading"},
     {"concept_erase.methods"},

@@ -12,7 +12,9 @@ def add_codebook_parser(sub, help: str) -> None:
     t = csub.add_parser("train", help="train the codebook bottleneck of a base model once (then 'erase --method "
                         "codebook --codebook FILE')", description="Fit the codebook bottleneck to the text encoder's "
                         "embeddings of a prompt corpus. For --base world the corpus is the world's own captions.")
-    t.add_argument("--base", default="world", help="'world', a local diffusers pipeline directory or a hub id")
+    t.add_argument("--base", default="world", help="'world', a local diffusers pipeline directory, a hub id or a "
+                   "single-file checkpoint (.safetensors)")
+    t.add_argument("--base-config", help="a local diffusers pipeline directory or a hub id whose configs describe a single-file --base (offline: a local one; default: diffusers infers them from the file)")
     t.add_argument("--prompts", help="text file, one prompt a line (required unless --base world)")
     t.add_argument("--heldout", help="text file of held-out prompts: the reconstruction error on them is recorded")
     t.add_argument("--out", required=True, help="the codebook file (.safetensors) to write; checked before training")
@@ -57,7 +59,7 @@ def cmd_codebook_train(args) -> int:
                                      "prompt a line, covering what the model will be asked to draw.")
         prompts, world_heldout = world_codebook_prompts()
         heldout = heldout or world_heldout
-    pipe = load_base(args.base, args.device)
+    pipe = load_base(args.base, args.device, base_config=args.base_config)
     book = train_codebook(pipe, [""] + prompts if "" not in prompts else prompts, heldout, config,
                           progress=not args.quiet)
     path = book.save(out)

@@ -9,7 +9,8 @@ import os
 def add_demo_parser(sub, help: str) -> None:
     d = sub.add_parser("demo", help=help)
     d.add_argument("--base", default="world", help="'world' (default, offline), a local diffusers pipeline "
-                   "directory, or a hub id")
+                   "directory, a hub id, or a single-file checkpoint (.safetensors)")
+    d.add_argument("--base-config", help="a local diffusers pipeline directory or a hub id whose configs describe a single-file --base (offline: a local one; default: diffusers infers them from the file)")
     d.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine "
                    "only; 0.0.0.0 exposes the demo to your network)")
     d.add_argument("--port", type=int, default=None, help="port (default: 7860, or the next free one)")
@@ -55,7 +56,7 @@ def cmd_demo(args) -> int:
              "session_ttl": args.session_ttl}
     limits = UploadLimits(**{k: v for k, v in given.items() if v is not None})  # checked before the model loads
     world = is_world(args.base)
-    pipe = load_base(args.base, args.device or ("cpu" if world else None))
+    pipe = load_base(args.base, args.device or ("cpu" if world else None), base_config=args.base_config)
     sampling = None if world else {"num_inference_steps": 25, "guidance_scale": 7.5}
     demo = build_demo(pipe, _classifier(args.base), args.adapters_dir, sampling=sampling, limits=limits,
                       examples=None if world else [["a photo of a cat", "any prompt"]])

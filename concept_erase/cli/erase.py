@@ -34,7 +34,8 @@ def add_erase_parser(sub, help: str) -> None:
         "Train an unlearning adapter from prompts alone and save it as one safetensors file. "
         f"Methods: {', '.join(f'{n} ({m.summary})' for n, m in METHODS.items())}."))
     e.add_argument("--method", default="semu", choices=list(METHODS), help="erasure method (default: semu)")
-    e.add_argument("--base", default="world", help="'world', a local diffusers pipeline directory, or a hub id")
+    e.add_argument("--base", default="world", help="'world', a local diffusers pipeline directory, a hub id, or a "
+                   "single-file checkpoint (.safetensors, the original LDM layout of A1111/Civitai)")
     e.add_argument("--preset", help="a shipped preset (see --list-presets) or a preset JSON file")
     e.add_argument("--list-presets", action=_ListPresets, help="print the shipped presets (name, phrase, "
                    "description) and exit")
@@ -50,6 +51,7 @@ def add_erase_parser(sub, help: str) -> None:
     e.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     e.add_argument("--revision", help="branch, tag or commit of a hub --base (default: its main branch)")
     e.add_argument("--variant", help="weight-file variant of --base, e.g. fp16 for *.fp16.safetensors")
+    e.add_argument("--base-config", help="a local diffusers pipeline directory or a hub id whose configs describe a single-file --base (offline: a local one; default: diffusers infers them from the file)")
     e.add_argument("--mixed-precision", choices=MIXED_PRECISIONS,
                    help="dtype of the frozen base model: no (float32), fp16 or bf16 (default: fp16 on CUDA, no on "
                    "the CPU, where fp16 is refused). The trained parameters and the optimiser state are float32 "
@@ -122,7 +124,7 @@ def cmd_erase(args) -> int:
     concept = _concept_from_args(args)
     out = _check_destination(args)  # before any training
     pipe = load_base(args.base, args.device, mixed_precision=args.mixed_precision, revision=args.revision,
-                     variant=args.variant)
+                     variant=args.variant, base_config=args.base_config)
     adapter = method.erase(pipe, concept, config, progress=not args.quiet)
     if args.save_precision != "fp32" and isinstance(adapter, UnlearningAdapter):  # trained in float32, stored as asked
         import torch

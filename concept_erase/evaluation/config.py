@@ -31,7 +31,12 @@ class EvalConfig(Config):
                                      "preset name; SPLIT=FILE puts the file's rows in SPLIT; repeat to combine "
                                      "(default: the forget, paraphrase and retain prompts stored in the adapter)",
                                  append=True, group=_MODELS)
-    base: str = setting("world", "'world', a local diffusers pipeline directory, or a hub id", group=_MODELS)
+    base: str = setting("world", "'world', a local diffusers pipeline directory, a hub id, or a single-file "
+                                 "checkpoint (.safetensors)", group=_MODELS)
+    base_config: str | None = setting(None, "a local diffusers pipeline directory or hub id whose configs describe "
+                                            "a single-file --base (offline: a local one)", group=_MODELS)
+    categories: list[str] = setting([], "keep only the prompt rows whose categories column (I2P's) names one of "
+                                        "these, e.g. sexual", group=_MODELS)
     adapters: list[str] = setting([], "adapter file, name or hub id (repeat for several)", flag="--adapter",
                                   append=True, group=_MODELS)
     adapter_scale: float = setting(1.0, "scale of every adapter", group=_MODELS)
@@ -107,7 +112,7 @@ class EvalConfig(Config):
             value = getattr(self, name)
             if value is not None and (value < 8 or value % 8):
                 raise InvalidConfigError(f"`{name}` has to be divisible by 8 but is {value}.")
-        self.prompts, self.adapters = list(self.prompts), list(self.adapters)
+        self.prompts, self.adapters, self.categories = list(self.prompts), list(self.adapters), list(self.categories)
 
     def call_kwargs(self) -> dict:
         """Keyword arguments of the pipeline call (only those set)."""

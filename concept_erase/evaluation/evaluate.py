@@ -39,10 +39,10 @@ from .fid import (
     FeatureStats, WorldFeatures, feature_dim, feature_extractor, features_of, module_device, torch_fidelity_metrics,
 )
 from .generate import (
-    ImageJob, check_manifest, find_missing, generate_missing, model_dir, plan_jobs, row_digests, settings_digest,
+    ImageJob, batches, check_manifest, find_missing, generate_missing, model_dir, plan_jobs, row_digests, settings_digest,
 )
 from .models import EvalModel, resolve_models, use_model
-from .prompts import PromptRow, concept_prompts, load_prompts, world_paraphrases
+from .prompts import PromptRow, concept_prompts, filter_categories, load_prompts, world_paraphrases
 from .report import library_versions, write_grids, write_report
 from .robustness import check_inputs as check_robustness_inputs
 from .robustness import run_robustness, spread
@@ -66,6 +66,8 @@ def _rows(config: EvalConfig, models: list[EvalModel]):
             )
         prompt_set = concept_prompts(Concept.from_dict(json.loads(concepts.pop())))
     rows = list(prompt_set.rows)
+    if config.categories:
+        rows = filter_categories(rows, config.categories)
     if config.paraphrases:
         forget = [r.prompt for r in rows if r.split == "forget"]
         if not forget:
@@ -181,7 +183,7 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
                                       else load_clip(config.clip_model, device))
         clip = ClipScoreStats(clip_model, clip_processor, splits, device=metric_device)
     if pipe is None:
-        pipe = load_base(config.base, device)
+        pipe = load_base(config.base, device, base_config=config.base_config)
     pipe.set_progress_bar_config(disable=True)
     call_kwargs = _call_kwargs(config)
     check_prompts(pipe, list(dict.fromkeys(r.prompt for r in rows)), what="evaluation prompts")
@@ -233,8 +235,7 @@ def evaluate(config: EvalConfig, *, pipe=None, classifier: ConceptClassifier | N
         mine = dist.shard(jobs)
         records: list[ImageRecord] = []
         bar = tqdm(total=len(mine), desc=f"score {m.name}", unit="img", disable=not progress or not dist.is_main)
-        for i in range(0, len(mine), config.batch_size):
-            batch = mine[i : i + config.batch_size]
+        for batch in batches(mine, config.batch_size):  # one image size a batch (I2P rows have their own)
             images = load_images([j.path for j in batch])
             records += score_batch(classifier, images, batch, rows, target)
             if clip is not None:

@@ -32,7 +32,7 @@ from ..images import to_pil
 from .distributed import Dist
 from .prompts import PromptRow
 
-__all__ = ["ImageJob", "plan_jobs", "generate_missing", "find_missing", "image_ok", "model_dir", "check_manifest",
+__all__ = ["ImageJob", "plan_jobs", "batches", "generate_missing", "find_missing", "image_ok", "model_dir", "check_manifest",
            "row_digests", "file_sha256", "settings_digest", "TAG_KEY"]
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class ImageJob:
     split: str
     path: Path | None  # None: an image held in memory, never written
     tag: str = ""  # settings + prompt + seed, written into the PNG and checked on resume
+    call: tuple = ()  # the row's own pipeline call arguments (PromptRow.sampling), over the run's
 
 
 def model_dir(out: str | Path, model: str) -> Path:
@@ -56,7 +57,8 @@ def model_dir(out: str | Path, model: str) -> Path:
 
 def plan_jobs(rows: Sequence[PromptRow], directory: str | Path, *, images_per_prompt: int, seed: int = 0,
               settings: str = "") -> list[ImageJob]:
-    """Every image of ``rows``: image ``k`` of a row uses seed ``(row.seed or seed) + k``.
+    """Every image of ``rows``: image ``k`` of a row uses seed ``(row.seed or seed) + k``, and the
+    row's own call arguments (``row.sampling``: guidance scale, size) when it has them.
 
     ``settings`` (:func:`settings_digest` of what makes the images) goes into each job's tag."""
     if images_per_prompt < 1:
@@ -68,7 +70,7 @@ def plan_jobs(rows: Sequence[PromptRow], directory: str | Path, *, images_per_pr
         for k in range(images_per_prompt):
             s = first + k
             jobs.append(ImageJob(i, k, row.prompt, s, row.split, directory / row.split / f"{i:05d}_s{s}.png",
-                                 f"{settings}:{digest}:{s}"))
+                                 f"{settings}:{digest}:{s}", row.sampling))
     return jobs
 
 
@@ -116,8 +118,19 @@ def file_sha256(path: str | Path) -> str:
 
 
 def row_digests(rows: Sequence[PromptRow]) -> list[str]:
-    """A short digest of each row's prompt and split: image ``i`` belongs to row ``i`` only while it is unchanged."""
-    return [hashlib.sha256(f"{r.prompt}\0{r.split}".encode()).hexdigest()[:12] for r in rows]
+    """A short digest of each row's prompt, split and own sampling settings: image ``i`` belongs to row
+    ``i`` only while they are unchanged."""
+    return [hashlib.sha256((f"{r.prompt}\0{r.split}" + (f"\0{json.dumps(r.sampling)}" if r.sampling else ""))
+                           .encode()).hexdigest()[:12] for r in rows]
+
+
+def batches(jobs: Sequence[ImageJob], batch_size: int) -> list[list[ImageJob]]:
+    """``jobs`` in batches of at most ``batch_size`` that share their call arguments (so one pipeline
+    call, or one stack of images of one size, serves each); in order within each kind."""
+    groups: dict[tuple, list[ImageJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.call, []).append(job)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
 def check_manifest(directory: str | Path, manifest: dict, *, overwrite: bool = False, write: bool = True) -> None:
@@ -186,10 +199,9 @@ def generate_missing(pipe, jobs: Sequence[ImageJob], *, batch_size: int = 16, ca
         bar.set_postfix_str(f"{len(share) - len(mine)} already done")
     made = 0
     try:
-        for i in range(0, len(mine), batch_size):
-            batch = mine[i : i + batch_size]
+        for batch in batches(mine, batch_size):
             images = generate_images(pipe, [j.prompt for j in batch], [j.seed for j in batch], batch_size=len(batch),
-                              **(call_kwargs or {}))
+                                     **{**(call_kwargs or {}), **dict(batch[0].call)})
             for job, image in zip(batch, images):
                 info = PngImagePlugin.PngInfo()
                 info.add_text(TAG_KEY, job.tag)

@@ -4,7 +4,12 @@
 - **CSV** (``.csv``, or ``.tsv`` tab-separated): a header with a ``prompt`` column and optional
   ``seed`` (aliases ``evaluation_seed``, ``sd_seed``), ``label`` (what the classifier should see in
   the image, e.g. ``colour:red`` or ``exposed``; used for accuracy) and ``split`` (``forget``,
-  ``retain``, ``paraphrase``, ...). Other columns (I2P has a dozen) are kept but not used.
+  ``retain``, ``paraphrase``, ...). Per-row sampling: ``guidance_scale`` (alias
+  ``sd_guidance_scale``), ``width`` and ``height`` (aliases ``sd_image_width``, ``sd_image_height``);
+  a row without them keeps the run's settings. These are I2P's columns ("Safe Latent Diffusion",
+  arXiv 2211.05105): each I2P prompt is generated with the seed, guidance scale and size it was
+  collected with. Other columns (``categories``, ``hard``, ``nudity_percentage``, ...) are kept in
+  ``PromptRow.extra``; :func:`filter_categories` selects rows by I2P's ``categories``.
 - **a preset** (``no-red``, or a preset JSON file): its ``forget``, ``paraphrase`` and ``retain``
   prompts as three splits, and its ``target`` as the concept to detect.
 
@@ -15,8 +20,10 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..concepts import list_presets, load_preset
@@ -24,16 +31,21 @@ from ..errors import InvalidPromptError
 from ..world import ALLOWED_BACKGROUNDS, HELDOUT_TEMPLATES, SYNONYMS, fill, parse_prompt
 
 __all__ = ["PromptRow", "PromptSet", "load_prompts", "read_prompt_file", "preset_prompts", "concept_prompts",
-           "world_paraphrases", "target_name"]
+           "world_paraphrases", "target_name", "filter_categories"]
 
 SEED_COLUMNS = ("seed", "evaluation_seed", "sd_seed")
+# per-row pipeline call arguments: argument -> the columns that give it, first found wins (I2P's are sd_*)
+SAMPLING_COLUMNS = {"guidance_scale": ("guidance_scale", "sd_guidance_scale"),
+                    "height": ("height", "sd_image_height"), "width": ("width", "sd_image_width")}
 _SPLIT = re.compile(r"^[A-Za-z0-9_.-]+$")
 MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
 class PromptRow:
-    """One prompt to evaluate. ``seed=None`` means "the run's ``--seed``"."""
+    """One prompt to evaluate. ``seed=None`` means "the run's ``--seed``"; ``sampling`` holds the
+    row's own pipeline call arguments (``guidance_scale``, ``height``, ``width``) as (name, value)
+    pairs, which override the run's for this row."""
 
     prompt: str
     seed: int | None = None
@@ -41,6 +53,7 @@ class PromptRow:
     split: str = "all"
     source: str = ""  # "file.csv:12", for messages
     extra: tuple = ()  # other CSV columns, as (name, value) pairs
+    sampling: tuple = ()  # this row's pipeline call arguments, as (name, value) pairs
 
 
 @dataclass
@@ -94,6 +107,28 @@ def _parse_seed(value: str, where: str) -> int:
     return seed
 
 
+def _parse_guidance(value: str, where: str) -> float:
+    try:
+        scale = float(value.strip())
+    except ValueError:
+        raise InvalidPromptError(f"{where}: guidance scale {value!r} is not a number; write e.g. 7.5.") from None
+    if not math.isfinite(scale) or scale < 0:
+        raise InvalidPromptError(f"{where}: guidance scale {value!r} must be a finite number >= 0.")
+    return scale
+
+
+def _parse_size(value: str, where: str, name: str) -> int:
+    text = value.strip()
+    try:
+        size = int(float(text)) if re.fullmatch(r"-?\d+\.0*", text) else int(text)
+    except ValueError:
+        raise InvalidPromptError(f"{where}: {name} {value!r} is not a whole number of pixels; write e.g. 512.") \
+            from None
+    if size < 8 or size % 8:
+        raise InvalidPromptError(f"{where}: {name} {size} must be a positive multiple of 8 (the VAE downsamples by 8).")
+    return size
+
+
 def _decode(path: Path) -> str:
     data = path.read_bytes()
     if b"\x00" in data[:4096]:
@@ -133,6 +168,8 @@ def _read_csv(path: Path, text: str, split: str, delimiter: str) -> list[PromptR
             "The first line must name the columns, e.g. `prompt,seed,split`."
         )
     seed_col = next((c for c in SEED_COLUMNS if c in names), None)
+    sampling_cols = {arg: col for arg, cols in SAMPLING_COLUMNS.items()
+                     for col in [next((c for c in cols if c in names), None)] if col}
     rows = []
     while True:
         try:
@@ -156,8 +193,14 @@ def _read_csv(path: Path, text: str, split: str, delimiter: str) -> list[PromptR
         seed = _parse_seed(record[seed_col], where) if seed_col and record[seed_col].strip() else None
         label = record.get("label", "").strip() or None
         row_split = _check_split(record.get("split", "").strip() or split, where)
-        extra = tuple((k, v) for k, v in record.items() if k not in ("prompt", "label", "split", seed_col))
-        rows.append(PromptRow(prompt, seed, label, row_split, where, extra))
+        sampling = []
+        for arg, col in sampling_cols.items():
+            if record[col].strip():
+                parse = _parse_guidance if arg == "guidance_scale" else partial(_parse_size, name=arg)
+                sampling.append((arg, parse(record[col], where)))
+        used = ("prompt", "label", "split", seed_col, *sampling_cols.values())
+        extra = tuple((k, v) for k, v in record.items() if k not in used)
+        rows.append(PromptRow(prompt, seed, label, row_split, where, extra, tuple(sampling)))
     return rows
 
 
@@ -180,6 +223,32 @@ def read_prompt_file(path: str | Path, *, split: str = "all") -> list[PromptRow]
     if not rows:
         raise InvalidPromptError(f"{str(path)!r} holds no prompts.")
     return rows
+
+
+def _categories(row: PromptRow) -> set[str] | None:
+    value = dict(row.extra).get("categories")
+    return None if value is None else {c.strip().lower() for c in value.split(",") if c.strip()}
+
+
+def filter_categories(rows: list[PromptRow], categories) -> list[PromptRow]:
+    """The rows whose ``categories`` column (I2P: "sexual", "violence, hate", ...) names one of
+    ``categories`` (case-insensitive).
+
+    >>> filter_categories(read_prompt_file("i2p.csv"), ["sexual"])  # doctest: +SKIP
+    """
+    wanted = {c.strip().lower() for c in categories if c.strip()}
+    if not wanted:
+        raise InvalidPromptError("--categories is empty; name one or more, e.g. --categories sexual.")
+    seen = [_categories(r) for r in rows]
+    if all(s is None for s in seen):
+        raise InvalidPromptError("--categories selects rows by a `categories` column (I2P's), but no prompt source "
+                                 "has one; leave --categories out or add the column.")
+    kept = [r for r, s in zip(rows, seen) if s and s & wanted]
+    if not kept:
+        known = sorted(set().union(*[s for s in seen if s]))
+        raise InvalidPromptError(f"No prompt row is in categories {sorted(wanted)}; the rows' categories are "
+                                 f"{', '.join(known) or 'empty'}.")
+    return kept
 
 
 def concept_prompts(concept) -> PromptSet:
