@@ -138,6 +138,9 @@ def check_patterns(cfg, name: str = "target_modules", *, example: str = "'*attn2
 # The frozen base model's dtype, named as diffusers' training scripts (and accelerate) name it:
 # "no" is float32. Trainable parameters are float32 whatever it is (concept_erase.methods.common).
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# help of every command's --base-config (a single-file --base's configs)
+BASE_CONFIG_HELP = ("a local diffusers pipeline directory or a hub id whose configs describe a single-file --base "
+                    "(offline: a local one; default: diffusers infers them from the file)")
 # The dtype the adapter file's tensors are written in.
 SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
 

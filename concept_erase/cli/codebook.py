@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..config import BASE_CONFIG_HELP
+
 
 def add_codebook_parser(sub, help: str) -> None:
     from ..config import add_arguments
@@ -14,7 +16,7 @@ def add_codebook_parser(sub, help: str) -> None:
                         "embeddings of a prompt corpus. For --base world the corpus is the world's own captions.")
     t.add_argument("--base", default="world", help="'world', a local diffusers pipeline directory, a hub id or a "
                    "single-file checkpoint (.safetensors)")
-    t.add_argument("--base-config", help="a local diffusers pipeline directory or a hub id whose configs describe a single-file --base (offline: a local one; default: diffusers infers them from the file)")
+    t.add_argument("--base-config", help=BASE_CONFIG_HELP)
     t.add_argument("--prompts", help="text file, one prompt a line (required unless --base world)")
     t.add_argument("--heldout", help="text file of held-out prompts: the reconstruction error on them is recorded")
     t.add_argument("--out", required=True, help="the codebook file (.safetensors) to write; checked before training")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 
+from ..config import BASE_CONFIG_HELP
+
 
 def add_demo_parser(sub, help: str) -> None:
     d = sub.add_parser("demo", help=help)
     d.add_argument("--base", default="world", help="'world' (default, offline), a local diffusers pipeline "
                    "directory, a hub id, or a single-file checkpoint (.safetensors)")
-    d.add_argument("--base-config", help="a local diffusers pipeline directory or a hub id whose configs describe a single-file --base (offline: a local one; default: diffusers infers them from the file)")
+    d.add_argument("--base-config", help=BASE_CONFIG_HELP)
     d.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine "
                    "only; 0.0.0.0 exposes the demo to your network)")
     d.add_argument("--port", type=int, default=None, help="port (default: 7860, or the next free one)")

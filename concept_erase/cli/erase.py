@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .._io import check_output_dir, check_output_file
 from ..concepts import Concept, list_presets, load_preset
-from ..config import MIXED_PRECISIONS, SAVE_PRECISIONS, add_arguments, values_from_args
+from ..config import BASE_CONFIG_HELP, MIXED_PRECISIONS, SAVE_PRECISIONS, add_arguments, values_from_args
 from ..errors import InvalidConfigError, InvalidPromptError, OutputPathError
 
 
@@ -51,7 +51,7 @@ def add_erase_parser(sub, help: str) -> None:
     e.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     e.add_argument("--revision", help="branch, tag or commit of a hub --base (default: its main branch)")
     e.add_argument("--variant", help="weight-file variant of --base, e.g. fp16 for *.fp16.safetensors")
-    e.add_argument("--base-config", help="a local diffusers pipeline directory or a hub id whose configs describe a single-file --base (offline: a local one; default: diffusers infers them from the file)")
+    e.add_argument("--base-config", help=BASE_CONFIG_HELP)
     e.add_argument("--mixed-precision", choices=MIXED_PRECISIONS,
                    help="dtype of the frozen base model: no (float32), fp16 or bf16 (default: fp16 on CUDA, no on "
                    "the CPU, where fp16 is refused). The trained parameters and the optimiser state are float32 "
