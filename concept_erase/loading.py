@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from .adapter import UnlearningAdapter
-from .diffusion import dtype_kwargs, quiet_hf_logging  # noqa: F401  (re-exported: loading's public helpers)
 from .codebook import CodebookEdit, attach_codebook_, detach_codebook_, is_codebook_file, loaded_codebook
 from .config import check_mixed_precision
+from .diffusion import dtype_kwargs, quiet_hf_logging  # noqa: F401  (re-exported: loading's public helpers)
 from .errors import (AdapterFormatError, AdapterStateError, InvalidConfigError, UnknownConceptError,
                      WeightsNotFoundError)
 from .hub import SHIPPED_ADAPTERS_DIR, adapter_home, known_adapters, resolve_adapter
@@ -82,6 +82,11 @@ def load_unet_lora(pipe, state_dict: dict[str, torch.Tensor], *, adapter_name: s
         pipe.unet.load_lora_adapter(state_dict, prefix="unet", adapter_name=adapter_name, _pipeline=pipe)
 
 
+def _not_a_hub_id(name: str) -> bool:
+    """A path-like string (absolute, relative, ``~``) or anything but ``owner/name``."""
+    return name.startswith(("/", ".", "~")) or name.count("/") != 1
+
+
 def load_base(base: str | None, device: str | None = None, *, mixed_precision: str | None = None,
               revision: str | None = None, variant: str | None = None, base_config: str | None = None):
     """``"world"`` (the shipped model), a local pipeline directory, a hub id or a single-file
@@ -127,10 +132,9 @@ def load_base(base: str | None, device: str | None = None, *, mixed_precision: s
         raise InvalidConfigError(f"--base-config {base_config!r} applies to a single-file --base (a .safetensors "
                                  f"checkpoint), but --base {base!r} is a pipeline directory or hub id, which holds "
                                  "its own configs; leave --base-config out.")
-    looks_like_path = base.startswith(("/", ".", "~")) or base.count("/") != 1
     if path.exists() and not (path / "model_index.json").is_file():
         raise WeightsNotFoundError(f"--base {base!r} is a path but holds no model_index.json (not a diffusers pipeline).")
-    if not path.exists() and looks_like_path:
+    if not path.exists() and _not_a_hub_id(base):
         raise WeightsNotFoundError(
             f"--base {base!r} is not an existing directory, nor a hub id of the form 'owner/name'. Pass 'world', a "
             "local diffusers pipeline directory, or a hub id."
@@ -187,7 +191,7 @@ def _check_base_config(base_config: str, kind: str) -> tuple[str, bool]:
     """``base_config`` -> (what to pass to ``from_single_file(config=)``, whether it is local)."""
     path = Path(base_config).expanduser()
     if not path.exists():
-        if base_config.startswith(("/", ".", "~")) or base_config.count("/") != 1:
+        if _not_a_hub_id(base_config):
             raise WeightsNotFoundError(f"--base-config {base_config!r} is not an existing directory, nor a hub id "
                                        "of the form 'owner/name'. Pass a diffusers pipeline directory (offline: a "
                                        "local one) whose configs describe the checkpoint.")

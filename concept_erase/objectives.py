@@ -22,33 +22,21 @@ __all__ = ["OBJECTIVES", "GRADIENT_LOSSES", "forget_loss", "forget_target", "gra
 Eps = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def relabel(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0):
-    """Relabelling (SalUn, arXiv 2310.12508; SEMU, arXiv 2502.07587): MSE(ε_θ'(x_t, c_f), sg ε_θ(x_t, c_a))."""
-    with torch.no_grad():
-        target = base_eps(x_t, t, c_anchor)
-    return F.mse_loss(eps(x_t, t, c_forget), target)
+def _relabel_target(base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, eta: float):
+    return base_eps(x_t, t, c_anchor), 1.0
 
 
-def esd(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0):
-    """ESD negative guidance (arXiv 2303.07345, eq. 5): MSE(ε_θ'(x_t, c), ε*(x_t, ∅) − η(ε*(x_t, c) − ε*(x_t, ∅)))."""
-    with torch.no_grad():
-        e_null, e_c = base_eps(x_t, t, c_null), base_eps(x_t, t, c_forget)
-        target = e_null - eta * (e_c - e_null)
-    return F.mse_loss(eps(x_t, t, c_forget), target)
+def _esd_target(base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, eta: float):
+    e_null, e_c = base_eps(x_t, t, c_null), base_eps(x_t, t, c_forget)
+    return e_null - eta * (e_c - e_null), 1.0
 
 
-def gradient_ascent(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0):
-    """Plain gradient ascent on the denoising loss of the forget data: −MSE(ε_θ'(x_t, c_f), target)."""
-    return -F.mse_loss(eps(x_t, t, c_forget), target)
+def _ascent_target(base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, eta: float):
+    return target, -1.0
 
 
-OBJECTIVES = {"relabel": relabel, "esd": esd, "gradient_ascent": gradient_ascent}
-
-
-def forget_loss(name: str) -> Callable:
-    if name not in OBJECTIVES:
-        raise InvalidConfigError(f"Unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")
-    return OBJECTIVES[name]
+# each objective is sign · MSE(ε_θ'(x_t, c_forget), y): what y and the sign are, with no gradient
+_TARGETS = {"relabel": _relabel_target, "esd": _esd_target, "gradient_ascent": _ascent_target}
 
 
 def forget_target(name: str, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0
@@ -60,14 +48,39 @@ def forget_target(name: str, base_eps: Eps, x_t, t, target, c_forget, c_anchor, 
     >>> y, sign = forget_target("relabel", base_eps, x_t, t, target, c_f, c_a, c_null)  # doctest: +SKIP
     >>> loss = sign * F.mse_loss(eps(x_t, t, c_f), y)                                    # doctest: +SKIP
     """
-    forget_loss(name)  # the same error for an unknown name
-    if name == "gradient_ascent":
-        return target, -1.0
+    if name not in _TARGETS:
+        raise InvalidConfigError(f"Unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")
     with torch.no_grad():
-        if name == "relabel":
-            return base_eps(x_t, t, c_anchor), 1.0
-        e_null, e_c = base_eps(x_t, t, c_null), base_eps(x_t, t, c_forget)  # esd
-        return e_null - eta * (e_c - e_null), 1.0
+        return _TARGETS[name](base_eps, x_t, t, target, c_forget, c_anchor, c_null, eta)
+
+
+def _regression(name: str, eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, eta: float):
+    y, sign = forget_target(name, base_eps, x_t, t, target, c_forget, c_anchor, c_null, eta=eta)
+    return sign * F.mse_loss(eps(x_t, t, c_forget), y)
+
+
+def relabel(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0):
+    """Relabelling (SalUn, arXiv 2310.12508; SEMU, arXiv 2502.07587): MSE(ε_θ'(x_t, c_f), sg ε_θ(x_t, c_a))."""
+    return _regression("relabel", eps, base_eps, x_t, t, target, c_forget, c_anchor, c_null, eta)
+
+
+def esd(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0):
+    """ESD negative guidance (arXiv 2303.07345, eq. 5): MSE(ε_θ'(x_t, c), ε*(x_t, ∅) − η(ε*(x_t, c) − ε*(x_t, ∅)))."""
+    return _regression("esd", eps, base_eps, x_t, t, target, c_forget, c_anchor, c_null, eta)
+
+
+def gradient_ascent(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, eta: float = 1.0):
+    """Plain gradient ascent on the denoising loss of the forget data: −MSE(ε_θ'(x_t, c_f), target)."""
+    return _regression("gradient_ascent", eps, base_eps, x_t, t, target, c_forget, c_anchor, c_null, eta)
+
+
+OBJECTIVES = {"relabel": relabel, "esd": esd, "gradient_ascent": gradient_ascent}
+
+
+def forget_loss(name: str) -> Callable:
+    if name not in OBJECTIVES:
+        raise InvalidConfigError(f"Unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}.")
+    return OBJECTIVES[name]
 
 
 def guided_ascent(eps: Eps, base_eps: Eps, x_t, t, target, c_forget, c_anchor, c_null, *, guidance: float = 7.5):

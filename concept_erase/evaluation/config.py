@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import Config, check_choice, check_fraction, check_int, setting
+from ..config import BASE_CONFIG_HELP, Config, check_choice, check_fraction, check_int, setting
 from ..errors import InvalidConfigError
 
 __all__ = ["EvalConfig", "ENGINES"]
@@ -33,8 +33,7 @@ class EvalConfig(Config):
                                  append=True, group=_MODELS)
     base: str = setting("world", "'world', a local diffusers pipeline directory, a hub id, or a single-file "
                                  "checkpoint (.safetensors)", group=_MODELS)
-    base_config: str | None = setting(None, "a local diffusers pipeline directory or hub id whose configs describe "
-                                            "a single-file --base (offline: a local one)", group=_MODELS)
+    base_config: str | None = setting(None, BASE_CONFIG_HELP, group=_MODELS)
     categories: list[str] = setting([], "keep only the prompt rows whose categories column (I2P's) names one of "
                                         "these, e.g. sexual", group=_MODELS)
     adapters: list[str] = setting([], "adapter file, name or hub id (repeat for several)", flag="--adapter",

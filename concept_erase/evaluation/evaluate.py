@@ -39,7 +39,8 @@ from .fid import (
     FeatureStats, WorldFeatures, feature_dim, feature_extractor, features_of, module_device, torch_fidelity_metrics,
 )
 from .generate import (
-    ImageJob, batches, check_manifest, find_missing, generate_missing, model_dir, plan_jobs, row_digests, settings_digest,
+    ImageJob, batches, check_manifest, find_missing, generate_missing, model_dir, plan_jobs, row_digests,
+    settings_digest,
 )
 from .models import EvalModel, resolve_models, use_model
 from .prompts import PromptRow, concept_prompts, filter_categories, load_prompts, world_paraphrases

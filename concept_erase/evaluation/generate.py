@@ -32,8 +32,8 @@ from ..images import to_pil
 from .distributed import Dist
 from .prompts import PromptRow
 
-__all__ = ["ImageJob", "plan_jobs", "batches", "generate_missing", "find_missing", "image_ok", "model_dir", "check_manifest",
-           "row_digests", "file_sha256", "settings_digest", "TAG_KEY"]
+__all__ = ["ImageJob", "plan_jobs", "batches", "generate_missing", "find_missing", "image_ok", "model_dir",
+           "check_manifest", "row_digests", "file_sha256", "settings_digest", "TAG_KEY"]
 logger = logging.getLogger(__name__)
 
 

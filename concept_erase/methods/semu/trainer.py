@@ -250,6 +250,14 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
         check_finite(loss, "forget-gradient loss", b, hint=_HINT)
         return torch.autograd.grad(loss, [weights[n] for n in names])
 
+    # --- SEMU x SIMU: the critical neurons of the target layers (plain SEMU skips this) ---
+    row_masks = {}
+    if config.mask == "simu":
+        row_masks, _ = unet_critical_masks(
+            pipe, targets, (data.x0_f, data.f_idx_t, data.c_f), data.retain,
+            steps=config.mask_steps, threshold=config.mask_threshold, kind=config.mask_kind,
+            images=n_f, batch_size=config.batch_size, max_timestep=config.max_timestep, generator=g,
+            progress=progress)
     groups = _layer_groups(weights) if config.stream_gradient else [list(weights)]
     for w in weights.values():
         w.requires_grad_(True)
@@ -259,19 +267,6 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
         # the clipping norm is over every target layer: one pass for the norms alone (nothing is kept)
         for b in tqdm(range(len(batches)), desc="gradient norms", disable=not progress, leave=False):
             scales[b] = _clip_scale(batch_grads(b, list(weights)), config.clip_gradient)
-    # --- SEMU x SIMU: the critical neurons of the target layers (plain SEMU skips this) ---
-    row_masks = {}
-    if config.mask == "simu":
-        for w in weights.values():
-            w.requires_grad_(False)
-        retain = data.retain
-        row_masks, _ = unet_critical_masks(
-            pipe, targets, (data.x0_f, data.f_idx_t, data.c_f), retain,
-            steps=config.mask_steps, threshold=config.mask_threshold, kind=config.mask_kind,
-            images=n_f, batch_size=config.batch_size, max_timestep=config.max_timestep, generator=g,
-            progress=progress)
-        for w in weights.values():
-            w.requires_grad_(True)
     factors, spectra = {}, {}
     bar = tqdm(total=len(groups) * len(batches), desc="forget gradient", disable=not progress, leave=False)
     for names in groups:
@@ -401,8 +396,8 @@ def _target_pools(base_eps: Callable, data: _Data, config: SemuConfig, *, progre
     def forget_teacher(x_t, t, target, rows):
         nonlocal sign
         y, sign = forget_target(config.objective, base_eps, x_t, t, target, data.c_f[rows], data.c_a[rows],
-                                data.c_null.expand(len(rows)), eta=config.eta)
-        return y.detach()
+                                data.c_null.expand(len(rows)), eta=config.eta)  # computed with no gradient
+        return y
 
     forget = pool(data.x0_f, data.f_idx_t, forget_teacher, "forget targets")
     retain = None
@@ -444,13 +439,13 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
         loss_r = None
         if pools is not None:  # batches from the pool: no base forward in the step
             forget_pool, retain_pool, sign = pools
-            fb = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),), generator=g)
-            batch = fb
-            loss_f = sign * F.mse_loss(train_eps(forget_pool.x_t[fb], forget_pool.t[fb],
-                                                 data.c_f[forget_pool.rows[fb]]), forget_pool.y[fb])
+            batch = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),),
+                                  generator=g)
+            loss_f = sign * F.mse_loss(train_eps(forget_pool.x_t[batch], forget_pool.t[batch],
+                                                 data.c_f[forget_pool.rows[batch]]), forget_pool.y[batch])
             loss = loss_f
             if retain_pool is not None:
-                x0_r, r_idx_t, c_r = data.retain
+                c_r = data.retain[2]
                 rb = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),),
                                    generator=g)
                 loss_r = F.mse_loss(train_eps(retain_pool.x_t[rb], retain_pool.t[rb], c_r[retain_pool.rows[rb]]),
