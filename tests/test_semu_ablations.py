@@ -177,14 +177,11 @@ def test_unet_unchanged_after_a_failure(tiny_pipe, tiny_concept, fast_config, mo
     unet = tiny_pipe.unet
     state, grads = _state(unet), {n: p.requires_grad for n, p in unet.named_parameters()}
 
-    def failing(name):
-        def loss(eps, base_eps, *args, **kw):
-            eps(args[0], args[1], args[3])  # the adapted model runs, then training fails
-            raise RuntimeError("forced failure")
+    def failing(eps, x_t, t, c, y, sign):
+        eps(x_t, t, c)  # the adapted model runs, then training fails
+        raise RuntimeError("forced failure")
 
-        return loss
-
-    monkeypatch.setattr(semu_trainer, "forget_loss", failing)
+    monkeypatch.setattr(semu_trainer, "_forget_term", failing)
     with pytest.raises(RuntimeError, match="forced failure"):
         erase(tiny_pipe, tiny_concept, fast_config.with_overrides(target_modules=TARGETS, **kwargs), progress=False)
     _assert_unchanged(unet, state, grads)

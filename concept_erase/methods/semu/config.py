@@ -82,6 +82,19 @@ class SemuConfig(Config):
     # forward per step on freshly noised latents.
     target_pool: int = setting(0, "SEMU: precompute the base model's targets for this many noised examples and "
                                   "train on them (0: a base forward every step)")
+    # Robust SEMU (AdvUnlearn, arXiv 2405.15234, moved into SEMU's subspace; methods/semu/adversarial.py):
+    # every step first refines, for the batch's forget prompts, `adversarial_tokens` free hidden-state
+    # vectors after the prompt's tokens by `adversarial_steps` steps of the UnlearnDiffAtk objective on
+    # the current adapted model, then trains R on the forget loss of both the clean and the attacked
+    # prompts (weight `adversarial_weight` on the attacked one) plus the retain term.
+    adversarial: bool = setting(False, "SEMU robust: train R against an inner attack on the forget prompts "
+                                       "(AdvUnlearn-style adversarial training)")
+    adversarial_tokens: int = setting(5, "SEMU robust: hidden-state positions after each forget prompt the "
+                                         "inner attack controls (the eval attack's 5 tokens)")
+    adversarial_steps: int = setting(2, "SEMU robust: inner attack steps per training step")
+    adversarial_step_size: float = setting(0.1, "SEMU robust: inner step, as a fraction of the prompt's largest "
+                                                "hidden-state norm")
+    adversarial_weight: float = setting(1.0, "SEMU robust: weight of the forget loss on the attacked prompts")
     max_timestep: int = setting(1000, "train on timesteps t in [0, max_timestep)")
     seed: int = setting(0, "random seed of the training data and steps")
     # SEMU x SIMU ("SIMU: Selective Influence Machine Unlearning"): "simu" keeps only the rows of the
@@ -109,7 +122,7 @@ class SemuConfig(Config):
 
     def __post_init__(self) -> None:
         check_patterns(self)
-        for name in ("project", "stream_gradient"):
+        for name in ("project", "stream_gradient", "adversarial"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidConfigError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         check_fraction(self, "gamma", "gamma_cross_attention")
@@ -125,6 +138,8 @@ class SemuConfig(Config):
         check_number(self, "gradient_guidance", "eta", "retain_weight", allow_zero=True)
         check_number(self, "clip_gradient", optional=True)
         check_int(self, "max_timestep", maximum=1000)
+        check_int(self, "adversarial_tokens", "adversarial_steps")
+        check_number(self, "adversarial_step_size", "adversarial_weight")
         check_choice(self, "mask", SEMU_MASKS)
         check_choice(self, "mask_kind", MASK_KINDS)
         check_choice(self, "optimizer", SEMU_OPTIMIZERS)

@@ -28,6 +28,10 @@ Two options change what the erasure costs, not what it computes:
   is computed once for N noised forget and N retain examples in no-grad chunks, and step 6 draws its
   batches from that pool: each step runs only the adapted model.
 
+Robust SEMU (``adversarial=True``, :mod:`.adversarial`) changes what step 6 trains on: each step first
+attacks the batch's forget prompts on the current adapted model (AdvUnlearn's inner problem, arXiv
+2405.15234) and adds the forget loss on the attacked prompts; R is still all that trains.
+
 The pipeline is left exactly as it was, even when training fails.
 """
 
@@ -48,12 +52,13 @@ from ...concepts import Concept, resolve_concept
 from ...errors import InvalidConfigError
 from ...diffusion import (Conditioning, add_noise, check_finite, encode_conditioning, frozen_unet, functional_eps,
                           null_conditioning, prompt_data, training_target, unet_prediction)
-from ...objectives import forget_loss, forget_target, gradient_loss
+from ...objectives import forget_target, gradient_loss
 from ..common import (FORGET_OFFSET, RETAIN_OFFSET, float32_eps, make_adapter, master_weights, mixed_precision_eps,
                       select_modules)
 from ..dense import adapter_from_deltas
 from ..simu.trainer import unet_critical_masks
 from ..sophia import Sophia, gnb_estimate
+from .adversarial import AdversarialPrompts, prompt_lengths
 from .config import SemuConfig
 from .layers import (inject_, lora_disabled, lora_factors, lora_parameters, lora_rank, peft_lora, remove_,
                      semu_layers)
@@ -103,6 +108,7 @@ class _Data:
     device: torch.device
     max_timestep: int
     g: torch.Generator
+    f_lengths: list[int]  # token positions of each forget prompt (robust SEMU's attack starts after them)
 
     def noised(self, x0, idx):
         """``(x_t, t, target)``: x_0[idx] noised at random t, and what the UNet should predict there."""
@@ -157,7 +163,8 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
     if use_retain:
         retain = prompt_data(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
                              desc="retain latents", **gen)
-    data = _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, pipe.scheduler, device, config.max_timestep, g)
+    data = _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, pipe.scheduler, device, config.max_timestep, g,
+                 prompt_lengths(pipe, concept.forget))
 
     targets = select_modules(unet, config.target_modules)
     eps = float32_eps(_unet_eps(unet))  # losses in float32 whatever the UNet's dtype
@@ -371,6 +378,7 @@ class _Pool:
 
     x_t: torch.Tensor
     t: torch.Tensor
+    target: torch.Tensor  # what the UNet predicts there (ε, v or x_0): the inner attack's objective
     rows: torch.Tensor  # which prompt of the conditioning each example belongs to
     y: torch.Tensor
 
@@ -391,7 +399,7 @@ def _target_pools(base_eps: Callable, data: _Data, config: SemuConfig, *, progre
         for lo in tqdm(range(0, n, chunk), desc=desc, disable=not progress, leave=False):
             sl = slice(lo, lo + chunk)
             ys.append(teacher(x_t[sl], t[sl], target[sl], rows[sl]))
-        return _Pool(x_t, t, rows, torch.cat(ys))
+        return _Pool(x_t, t, target, rows, torch.cat(ys))
 
     def forget_teacher(x_t, t, target, rows):
         nonlocal sign
@@ -412,19 +420,56 @@ def _target_pools(base_eps: Callable, data: _Data, config: SemuConfig, *, progre
     return forget, retain, sign
 
 
+def _forget_term(eps: Callable, x_t, t, c: Conditioning, y: torch.Tensor, sign: float) -> torch.Tensor:
+    """The forget loss ``sign · MSE(ε(x_t, t, c), y)`` of :func:`~concept_erase.objectives.forget_target`."""
+    return sign * F.mse_loss(eps(x_t, t, c), y)
+
+
 def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: _Data, config: SemuConfig, *,
            desc: str, progress: bool) -> list[float]:
     """Step 6, shared by SEMU and its ablations: train ``params`` on the forget objective (plus the
-    retain term). ``eps`` is the adapted model's prediction (it depends on ``params``), ``base_eps``
-    the frozen base model's. Returns the loss of every step."""
+    retain term, and the attacked prompts' forget loss when ``config.adversarial``). ``eps`` is the
+    adapted model's prediction (it depends on ``params``), ``base_eps`` the frozen base model's.
+    Returns the loss of every step."""
     g = data.g
     n_f = len(data.f_idx_t)
-    objective = forget_loss(config.objective)
     if config.optimizer == "sophia":
         opt = Sophia(params, lr=config.learning_rate, rho=config.sophia_rho, weight_decay=0.0)
     else:
         opt = torch.optim.Adam(params, lr=config.learning_rate)
     pools = _target_pools(base_eps, data, config, progress=progress) if config.target_pool else None
+    adversary = None
+    if config.adversarial:
+        adversary = AdversarialPrompts(data.c_f, data.f_lengths, num_tokens=config.adversarial_tokens,
+                                       step_size=config.adversarial_step_size, generator=g)
+
+    def forget_batch():
+        """``(x_t, t, target, rows, y, sign)``: a forget batch and its no-grad teacher (pool or fresh)."""
+        if pools is not None:  # from the pool: no base forward in the step
+            pool, sign = pools[0], pools[2]
+            b = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),), generator=g)
+            return pool.x_t[b], pool.t[b], pool.target[b], pool.rows[b], pool.y[b], sign
+        batch = torch.randint(0, n_f, (min(config.batch_size, n_f),), generator=g)
+        x_t, t, target = data.noised(data.x0_f, batch)
+        rows = data.f_idx_t[batch]
+        y, sign = forget_target(config.objective, base_eps, x_t, t, target, data.c_f[rows], data.c_a[rows],
+                                data.c_null.expand(len(rows)), eta=config.eta)
+        return x_t, t, target, rows, y, sign
+
+    def retain_batch():
+        """``(x_t, t, c, y)``: a retain batch and the base model's prediction on it."""
+        c_r = data.retain[2]
+        if pools is not None:
+            pool = pools[1]
+            b = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),), generator=g)
+            return pool.x_t[b], pool.t[b], c_r[pool.rows[b]], pool.y[b]
+        x0_r, r_idx_t, _ = data.retain
+        rb = torch.randint(0, len(r_idx_t), (min(config.batch_size, len(r_idx_t)),), generator=g)
+        x_t, t, _ = data.noised(x0_r, rb)
+        c = c_r[r_idx_t[rb]]
+        with torch.no_grad():
+            return x_t, t, c, base_eps(x_t, t, c)
+
     bar = tqdm(range(config.steps), desc=desc, disable=not progress)
     history = []
     for step in bar:
@@ -436,44 +481,26 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
                 preds.append(out)
             return out
 
-        loss_r = None
-        if pools is not None:  # batches from the pool: no base forward in the step
-            forget_pool, retain_pool, sign = pools
-            batch = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),),
-                                  generator=g)
-            loss_f = sign * F.mse_loss(train_eps(forget_pool.x_t[batch], forget_pool.t[batch],
-                                                 data.c_f[forget_pool.rows[batch]]), forget_pool.y[batch])
-            loss = loss_f
-            if retain_pool is not None:
-                c_r = data.retain[2]
-                rb = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),),
-                                   generator=g)
-                loss_r = F.mse_loss(train_eps(retain_pool.x_t[rb], retain_pool.t[rb], c_r[retain_pool.rows[rb]]),
-                                    retain_pool.y[rb])
-                loss = loss_f + config.retain_weight * loss_r
-        else:
-            batch = torch.randint(0, n_f, (min(config.batch_size, n_f),), generator=g)
-            x_t, t, target = data.noised(data.x0_f, batch)
-            fi = data.f_idx_t[batch]
-            loss_f = objective(train_eps, base_eps, x_t, t, target, data.c_f[fi], data.c_a[fi],
-                               data.c_null.expand(len(batch)), eta=config.eta)
-            loss = loss_f
-            if data.retain is not None:
-                x0_r, r_idx_t, c_r = data.retain
-                rb = torch.randint(0, len(r_idx_t), (min(config.batch_size, len(r_idx_t)),), generator=g)
-                xr_t, tr, _ = data.noised(x0_r, rb)
-                cr = c_r[r_idx_t[rb]]
-                with torch.no_grad():
-                    target_r = base_eps(xr_t, tr, cr)
-                loss_r = F.mse_loss(train_eps(xr_t, tr, cr), target_r)
-                loss = loss_f + config.retain_weight * loss_r
+        x_t, t, target, rows, y, sign = forget_batch()
+        loss_f = _forget_term(train_eps, x_t, t, data.c_f[rows], y, sign)
+        loss, postfix = loss_f, {"loss": f"{loss_f.item():.4f}"}
+        if adversary is not None:
+            # inner: the current model attacked on these forget latents; outer: unlearn on the attacked prompts
+            c_adv = adversary.attack(eps, x_t, t, target, rows, config.adversarial_steps)
+            loss_adv = _forget_term(train_eps, x_t, t, c_adv, y, sign)
+            loss = loss + config.adversarial_weight * loss_adv
+            postfix["adv"] = f"{loss_adv.item():.4f}"
+        if data.retain is not None:
+            xr_t, tr, cr, target_r = retain_batch()
+            loss_r = F.mse_loss(train_eps(xr_t, tr, cr), target_r)
+            loss = loss + config.retain_weight * loss_r
+            postfix["retain"] = f"{loss_r.item():.4f}"
         check_finite(loss, "loss", step, hint=_HINT)
         if config.optimizer == "sophia" and step % _SOPHIA_INTERVAL == 0:
-            opt.update_hessian(gnb_estimate(preds, params, batch_size=len(batch), generator=g))
+            opt.update_hessian(gnb_estimate(preds, params, batch_size=len(rows), generator=g))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         history.append(loss.item())
-        retain = {"retain": f"{loss_r.item():.4f}"} if loss_r is not None else {}
-        bar.set_postfix(loss=f"{loss_f.item():.4f}", **retain)
+        bar.set_postfix(**postfix)
     return history

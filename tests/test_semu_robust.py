@@ -1,0 +1,104 @@
+"""Robust SEMU (``SemuConfig(adversarial=True)``): the inner attack, the outer update of R only, bad values."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from concept_erase import SemuConfig, erase
+from concept_erase.diffusion import encode_conditioning, unet_prediction
+from concept_erase.errors import InvalidConfigError
+from concept_erase.methods.semu import trainer
+from concept_erase.methods.semu.adversarial import AdversarialPrompts, prompt_lengths
+
+
+def _prompts_and_latents(pipe):
+    prompts = ["a red circle", "a red square"]
+    c = encode_conditioning(pipe, prompts)
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, 4, 8, 8, generator=g)
+    target = torch.randn(2, 4, 8, 8, generator=g)
+    return prompts, c, x_t, torch.tensor([200, 700]), target
+
+
+def test_attack_lowers_its_objective_and_touches_only_its_positions(tiny_pipe):
+    prompts, c, x_t, t, target = _prompts_and_latents(tiny_pipe)
+    lengths = prompt_lengths(tiny_pipe, prompts)
+    assert lengths == [len(tiny_pipe.tokenizer(p).input_ids) - 1 for p in prompts]
+    adv = AdversarialPrompts(c, lengths, num_tokens=3, step_size=0.2, generator=torch.Generator().manual_seed(0))
+    rows = torch.tensor([0, 1])
+
+    def eps(x, tt, cond):
+        return unet_prediction(tiny_pipe.unet, x, tt, cond)
+
+    with torch.no_grad():
+        before = F.mse_loss(eps(x_t, t, adv.conditioning(rows)), target)
+    for _ in range(4):
+        attacked = adv.attack(eps, x_t, t, target, rows, steps=2)
+    with torch.no_grad():
+        after = F.mse_loss(eps(x_t, t, attacked), target)
+    assert after < before  # the attack finds conditionings under which the model denoises the concept better
+    h, h_adv = c.hidden_states, attacked.hidden_states
+    changed = (h - h_adv).abs().amax(dim=-1) > 0  # (prompts, positions)
+    for i, length in enumerate(lengths):
+        assert changed[i].nonzero().flatten().tolist() == list(range(length, length + 3))
+    # every adversarial vector stays within the prompt's largest hidden-state norm
+    limit = h.norm(dim=-1).amax(dim=1)
+    assert (h_adv.norm(dim=-1) <= limit[:, None] * (1 + 1e-5)).all()
+    assert not attacked.hidden_states.requires_grad
+
+
+def test_robust_erase_trains_r_only_and_differs_from_plain(tiny_pipe, tiny_concept, fast_config, monkeypatch):
+    """The adversarial inner loop runs on the tiny pipeline, changes what R learns, and leaves every
+    base weight bit-identical."""
+    state = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    calls = {"attack": 0}
+    real = AdversarialPrompts.attack
+
+    def counting(self, *args, **kwargs):
+        calls["attack"] += 1
+        out = real(self, *args, **kwargs)
+        # while R trains, no base weight may require a gradient
+        assert not any(p.requires_grad for n, p in tiny_pipe.unet.named_parameters() if not n.endswith(".r"))
+        return out
+
+    monkeypatch.setattr(AdversarialPrompts, "attack", counting)
+    plain = erase(tiny_pipe, tiny_concept, fast_config, progress=False)
+    assert calls["attack"] == 0
+    robust = erase(tiny_pipe, tiny_concept, fast_config.with_overrides(adversarial=True, adversarial_steps=2),
+                   progress=False)
+    assert calls["attack"] == fast_config.steps
+    for k, v in tiny_pipe.unet.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert robust.metadata["config"]["adversarial"] is True
+    diffs = [(robust.tensors[k] - plain.tensors[k]).abs().max().item() for k in plain.tensors if "lora_B" in k]
+    assert max(diffs) > 0  # same subspace, same seed: only the attacked term makes R differ
+    assert set(robust.tensors) == set(plain.tensors)
+
+
+def test_robust_erase_with_the_target_pool(tiny_pipe, tiny_concept, fast_config):
+    adapter = erase(tiny_pipe, tiny_concept, fast_config.with_overrides(adversarial=True, target_pool=8),
+                    progress=False)
+    assert adapter.metadata["final_loss"] is not None
+
+
+def test_forget_term_is_shared_by_both_sides(tiny_pipe, tiny_concept, fast_config, monkeypatch):
+    """The clean and the attacked forget losses go through one definition (one call each per step)."""
+    seen = []
+    real = trainer._forget_term
+
+    def spy(eps, x_t, t, c, y, sign):
+        seen.append(c.hidden_states.detach().clone())
+        return real(eps, x_t, t, c, y, sign)
+
+    monkeypatch.setattr(trainer, "_forget_term", spy)
+    erase(tiny_pipe, tiny_concept, fast_config.with_overrides(adversarial=True, steps=2), progress=False)
+    assert len(seen) == 4
+    assert not torch.equal(seen[0], seen[1])  # clean, then attacked
+
+
+@pytest.mark.parametrize("field,value", [("adversarial_steps", 0), ("adversarial_tokens", 0),
+                                         ("adversarial_step_size", 0.0), ("adversarial_weight", -1.0),
+                                         ("adversarial", "yes")])
+def test_bad_values_raise(field, value):
+    with pytest.raises(InvalidConfigError, match=field.split("_")[0]):
+        SemuConfig(**{field: value})
