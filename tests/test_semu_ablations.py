@@ -177,8 +177,7 @@ def test_unet_unchanged_after_a_failure(tiny_pipe, tiny_concept, fast_config, mo
     unet = tiny_pipe.unet
     state, grads = _state(unet), {n: p.requires_grad for n, p in unet.named_parameters()}
 
-    def failing(eps, x_t, t, c, y, sign):
-        eps(x_t, t, c)  # the adapted model runs, then training fails
+    def failing(pred, y, sign):  # the adapted model has run (pred), then training fails
         raise RuntimeError("forced failure")
 
     monkeypatch.setattr(semu_trainer, "_forget_term", failing)

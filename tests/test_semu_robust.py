@@ -82,18 +82,35 @@ def test_robust_erase_with_the_target_pool(tiny_pipe, tiny_concept, fast_config)
 
 
 def test_forget_term_is_shared_by_both_sides(tiny_pipe, tiny_concept, fast_config, monkeypatch):
-    """The clean and the attacked forget losses go through one definition (one call each per step)."""
+    """The clean and the attacked forget losses go through one definition (one call each per step),
+    on predictions that differ (the attacked conditioning changes the adapted model's output)."""
     seen = []
     real = trainer._forget_term
 
-    def spy(eps, x_t, t, c, y, sign):
-        seen.append(c.hidden_states.detach().clone())
-        return real(eps, x_t, t, c, y, sign)
+    def spy(pred, y, sign):
+        seen.append((pred.detach().clone(), y))
+        return real(pred, y, sign)
 
     monkeypatch.setattr(trainer, "_forget_term", spy)
     erase(tiny_pipe, tiny_concept, fast_config.with_overrides(adversarial=True, steps=2), progress=False)
     assert len(seen) == 4
-    assert not torch.equal(seen[0], seen[1])  # clean, then attacked
+    (clean, y0), (attacked, y1) = seen[:2]
+    assert y0 is y1  # the same teacher: the base model on the clean prompt
+    assert not torch.equal(clean, attacked)
+
+
+def test_joint_forward_equals_separate_calls(tiny_pipe):
+    _, c, x_t, t, _ = _prompts_and_latents(tiny_pipe)
+
+    def eps(x, tt, cond):
+        return unet_prediction(tiny_pipe.unet, x, tt, cond)
+
+    parts = [(x_t, t, c), (x_t[:1] * 0.5, t[:1], c[[1]])]
+    with torch.no_grad():
+        joint = trainer._joint(eps, parts)
+        separate = [eps(*p) for p in parts]
+    for a, b in zip(joint, separate):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("field,value", [("adversarial_steps", 0), ("adversarial_tokens", 0),

@@ -209,10 +209,12 @@ def _robustness(pipe, model, concept, path, budget: dict, b: dict) -> dict:
 
 
 def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int], sizes: dict, base: dict, *,
-               curve_scales: tuple = (), curve_sizes: dict | None = None, robustness: dict | None = None) -> dict:
+               curve_scales: tuple = (), curve_sizes: dict | None = None, robustness: dict | None = None,
+               robustness_every_seed: bool = False) -> dict:
     """``method`` at ``overrides`` on ``concept_name`` for every seed, compared with ``base`` (a
     :func:`base_job` result at the same sizes and seeds, made with the same ``curve_sizes`` and
-    ``robustness`` budget when those are given)."""
+    ``robustness`` budget when those are given). The robustness checks run on the first seed's
+    adapter, or with ``robustness_every_seed`` on each seed's (``row["robustness_per_seed"]``)."""
     pipe, model = _load()
     concept = load_preset(concept_name)
     sets = eval_prompts(concept, EvalSizes(**sizes))
@@ -271,7 +273,11 @@ def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int]
             row["curve"] = points
             lap("curve")
         if robustness is not None:
-            row["robustness"] = _robustness(pipe, model, concept, paths[seeds[0]], robustness, base["robustness"])
+            checked = seeds if robustness_every_seed else seeds[:1]
+            found = {s: _robustness(pipe, model, concept, paths[s], robustness, base["robustness"]) for s in checked}
+            row["robustness"] = found[seeds[0]]
+            if robustness_every_seed:
+                row["robustness_per_seed"] = found
             lap("robustness")
     row["phase_seconds"] = phases
     return row

@@ -67,6 +67,8 @@ from .svd import gradient_subspace, random_subspace
 __all__ = ["erase"]
 logger = logging.getLogger(__name__)
 
+# Named ranges for torch.profiler (benchmarks/profile_semu.py reads them); free when nobody profiles.
+_phase = torch.profiler.record_function
 _HINT = "Lower `learning_rate` or `gradient_guidance`"
 _SOPHIA_INTERVAL = 10  # k of Sophia's Algorithm 3: steps between Hessian estimates (the paper's default)
 _FULL_MAX_ERROR = 1e-3  # relative error of the LoRA export of the "full" ablation's dense deltas
@@ -155,14 +157,16 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
     # --- 1. data from prompts alone ---
     n_f = config.num_forget_images
     gen = dict(seed=config.seed, steps=config.sample_steps, guidance=config.sample_guidance, progress=progress)
-    x0_f, f_idx_t, c_f = prompt_data(pipe, concept.forget, n_f, offset=FORGET_OFFSET, desc="forget latents", **gen)
-    c_a = encode_conditioning(pipe, concept.anchor)
-    c_null = null_conditioning(pipe)
     use_retain = bool(concept.retain) and config.num_retain_images > 0 and config.retain_weight > 0
     retain = None
-    if use_retain:
-        retain = prompt_data(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
-                             desc="retain latents", **gen)
+    with _phase("semu: sample training data"):
+        x0_f, f_idx_t, c_f = prompt_data(pipe, concept.forget, n_f, offset=FORGET_OFFSET, desc="forget latents",
+                                         **gen)
+        c_a = encode_conditioning(pipe, concept.anchor)
+        c_null = null_conditioning(pipe)
+        if use_retain:
+            retain = prompt_data(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
+                                 desc="retain latents", **gen)
     data = _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, pipe.scheduler, device, config.max_timestep, g,
                  prompt_lengths(pipe, concept.forget))
 
@@ -279,7 +283,8 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
     for names in groups:
         summed: dict[str, torch.Tensor] = {}  # float32 sums of the batch gradients, whatever the weights' dtype
         for b in range(len(batches)):
-            grads = batch_grads(b, names)
+            with _phase("semu: forget gradient"):
+                grads = batch_grads(b, names)
             if config.clip_gradient is not None and len(groups) == 1:
                 scales[b] = _clip_scale(grads, config.clip_gradient)
             for name, gr in zip(names, grads):
@@ -296,8 +301,9 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
             w.requires_grad_(False)
             if mask is not None and not mask.any():  # no critical neuron in this layer: not adapted
                 continue
-            u, s, v = gradient_subspace(grad, w.detach(), config.gamma_for(name), max_rank=config.max_rank,
-                                        project=config.project, row_mask=mask)
+            with _phase("semu: projection + SVD"):
+                u, s, v = gradient_subspace(grad, w.detach(), config.gamma_for(name), max_rank=config.max_rank,
+                                            project=config.project, row_mask=mask)
             del grad
             factors[name] = (u, v)
             spectra[name] = s
@@ -420,9 +426,19 @@ def _target_pools(base_eps: Callable, data: _Data, config: SemuConfig, *, progre
     return forget, retain, sign
 
 
-def _forget_term(eps: Callable, x_t, t, c: Conditioning, y: torch.Tensor, sign: float) -> torch.Tensor:
-    """The forget loss ``sign · MSE(ε(x_t, t, c), y)`` of :func:`~concept_erase.objectives.forget_target`."""
-    return sign * F.mse_loss(eps(x_t, t, c), y)
+def _forget_term(pred: torch.Tensor, y: torch.Tensor, sign: float) -> torch.Tensor:
+    """The forget loss ``sign · MSE(ε_θ'(x_t, t, c), y)`` of :func:`~concept_erase.objectives.forget_target`."""
+    return sign * F.mse_loss(pred, y)
+
+
+def _joint(eps: Callable, parts: list[tuple[torch.Tensor, torch.Tensor, Conditioning]]) -> list[torch.Tensor]:
+    """``[eps(x_t, t, c) for (x_t, t, c) in parts]`` in one call on the concatenated batch (one UNet
+    forward and backward per step instead of one per loss term; the UNet treats samples independently)."""
+    if len(parts) == 1:
+        return [eps(*parts[0])]
+    out = eps(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+              Conditioning.cat([p[2] for p in parts]))
+    return list(out.split([len(p[0]) for p in parts]))
 
 
 def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: _Data, config: SemuConfig, *,
@@ -437,7 +453,8 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
         opt = Sophia(params, lr=config.learning_rate, rho=config.sophia_rho, weight_decay=0.0)
     else:
         opt = torch.optim.Adam(params, lr=config.learning_rate)
-    pools = _target_pools(base_eps, data, config, progress=progress) if config.target_pool else None
+    with _phase("semu: target pool"):
+        pools = _target_pools(base_eps, data, config, progress=progress) if config.target_pool else None
     adversary = None
     if config.adversarial:
         adversary = AdversarialPrompts(data.c_f, data.f_lengths, num_tokens=config.adversarial_tokens,
@@ -481,26 +498,35 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
                 preds.append(out)
             return out
 
-        x_t, t, target, rows, y, sign = forget_batch()
-        loss_f = _forget_term(train_eps, x_t, t, data.c_f[rows], y, sign)
-        loss, postfix = loss_f, {"loss": f"{loss_f.item():.4f}"}
+        with _phase("semu: step, batches and teachers"):  # the fresh path's base forwards are here
+            x_t, t, target, rows, y, sign = forget_batch()
+            retain_part = retain_batch() if data.retain is not None else None
+        parts = [(x_t, t, data.c_f[rows])]
         if adversary is not None:
             # inner: the current model attacked on these forget latents; outer: unlearn on the attacked prompts
-            c_adv = adversary.attack(eps, x_t, t, target, rows, config.adversarial_steps)
-            loss_adv = _forget_term(train_eps, x_t, t, c_adv, y, sign)
+            with _phase("semu: step, inner attack"):
+                parts.append((x_t, t, adversary.attack(eps, x_t, t, target, rows, config.adversarial_steps)))
+        if retain_part is not None:
+            parts.append(retain_part[:3])
+        with _phase("semu: step, adapted forward"):  # one UNet call for every term of the loss
+            preds = _joint(train_eps, parts)
+        loss_f = _forget_term(preds[0], y, sign)
+        loss, postfix = loss_f, {"loss": f"{loss_f.item():.4f}"}
+        if adversary is not None:
+            loss_adv = _forget_term(preds[1], y, sign)
             loss = loss + config.adversarial_weight * loss_adv
             postfix["adv"] = f"{loss_adv.item():.4f}"
-        if data.retain is not None:
-            xr_t, tr, cr, target_r = retain_batch()
-            loss_r = F.mse_loss(train_eps(xr_t, tr, cr), target_r)
+        if retain_part is not None:
+            loss_r = F.mse_loss(preds[-1], retain_part[3])
             loss = loss + config.retain_weight * loss_r
             postfix["retain"] = f"{loss_r.item():.4f}"
         check_finite(loss, "loss", step, hint=_HINT)
         if config.optimizer == "sophia" and step % _SOPHIA_INTERVAL == 0:
             opt.update_hessian(gnb_estimate(preds, params, batch_size=len(rows), generator=g))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with _phase("semu: step, backward + update"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         history.append(loss.item())
         bar.set_postfix(**postfix)
     return history
