@@ -2,13 +2,16 @@
 
     python benchmarks/bench_robust.py [--concepts no-red no-circle no-striped] [--seeds 0 1 2] [--pool 256]
     python benchmarks/bench_robust.py --dev --concepts no-blue --seeds 0      # a look at a dev concept
+    python benchmarks/bench_robust.py --keep DIR                              # also keep every adapter file
+    python benchmarks/bench_robust.py --ship semu-robust --keep DIR           # the shipped adapters, from a run
 
 Variants, each a fresh process per concept (``concept_erase.bench.jobs.method_job``), at the tuned
 configurations of ``benchmarks/results/tuning.json`` (chosen on the dev concepts):
 
 - ``semu``: SEMU's tuned configuration with ``target_pool`` (the base model's targets precomputed);
-- ``semu-robust``: the same plus ``adversarial=True`` (robust SEMU at its declared defaults, which
-  were not tuned on a test concept);
+- ``semu-robust``: the same plus ``adversarial=True`` at robust SEMU's defaults, which won its search
+  on the dev concept ``no-blue`` (4 configurations, seed 0: ``benchmarks/results/robust_dev.json``;
+  ``--robust KEY=VALUE`` sets others);
 - ``esd-x``: ESD-x's tuned configuration (erase time and held-out rates, for the time ratio).
 
 For every seed: erase, then the held-out forget / paraphrase / retain rates, specificity and FID/KID
@@ -17,6 +20,11 @@ eval's adversarial attack at its default budget (``AttackConfig()``: 5 tokens, 4
 forget prompts, 1 image each, as UnlearnDiffAtk), relearning (30 steps of cross-attention
 fine-tuning) and membership inference. Run it on a quiet machine (``uptime`` below 1.5); it writes
 ``benchmarks/results/robust.json`` and prints the table.
+
+``--ship VARIANT`` makes no new run: from the results file and the adapters ``--keep`` kept, it writes
+seed 0's adapter of ``VARIANT`` for each concept to ``concept_erase/adapters/{concept}.safetensors``,
+with the run's evaluation (base model, the three seeds' means and intervals, this file's own seed) in
+its metadata, which the model card shows.
 """
 
 from __future__ import annotations
@@ -29,18 +37,21 @@ from pathlib import Path
 import numpy as np
 
 from concept_erase._io import atomic_write_json
+from concept_erase.adapter import UnlearningAdapter
 from concept_erase.bench import _run, jobs, load_tuning, report
 from concept_erase.bench.protocol import DEV_CONCEPTS, HEADLINE, TEST_CONCEPTS
 from concept_erase.bench.stats import summarize
 from concept_erase.evaluation.adversarial import AttackConfig
 
 OUT = Path(__file__).parent / "results" / "robust.json"
+SHIPPED = Path(__file__).parents[1] / "concept_erase" / "adapters"
 BUDGET = {**jobs.ROBUSTNESS, "attack": AttackConfig().to_dict()}
+ROBUST: tuple[str, ...] = ()  # robust SEMU's settings beyond adversarial=True (its defaults when empty)
 
 
-def _variants(tuning: dict, pool: int) -> dict:
-    semu = {**tuning["semu"]["chosen"], "target_pool": pool}
-    return {"semu": ("semu", semu, True), "semu-robust": ("semu", {**semu, "adversarial": True}, True),
+def _variants(tuning: dict, pool: int, robust: dict, plain: dict) -> dict:
+    semu = {**tuning["semu"]["chosen"], "target_pool": pool, **plain}
+    return {"semu": ("semu", semu, True), "semu-robust": ("semu", {**semu, "adversarial": True, **robust}, True),
             "esd-x": ("esd-x", dict(tuning["esd-x"]["chosen"]), False)}
 
 
@@ -83,21 +94,82 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _evaluation(row: dict, seeds: list[int]) -> dict:
+    """The model card's table: the base model, the run's mean over seeds, and the shipped file's seed."""
+    first = row["per_seed"][str(seeds[0])]
+    first_rob = (row.get("robustness_per_seed") or {}).get(str(seeds[0]))
+    b, s, rob = row["base_summary"], row["summary"], row.get("robust_summary")
+    cap = f"> {first_rob['relearn_max_steps']}" if first_rob else "–"
+    m = first["metrics"]
+
+    def own(rate):
+        return "–" if rate is None else f"{100 * rate:.1f}"
+
+    mean = {"forget ↓": _pct(s["forget"]), "paraphrase ↓": _pct(s["paraphrase"]),
+            "retain accuracy ↑": _pct(s["retain"]), "specificity ↑": _pct(s["specificity"]) if "specificity" in s
+            else "–"}
+    this = {"forget ↓": own(m["forget"]["concept_rate"]), "paraphrase ↓": own(m["paraphrase"]["concept_rate"]),
+            "retain accuracy ↑": own(m["retain"]["accuracy"]), "specificity ↑": own(first["specificity"]["rate"])}
+    if rob and first_rob:
+        mean["attack success ↓"] = _pct(rob["attack_success"])
+        mean["relearn steps ↑"] = ", ".join(cap if x is None else str(x) for x in rob["relearn_steps"])
+        this["attack success ↓"] = own(first_rob["attack_success_rate"])
+        steps = first_rob["relearn_steps_to_recover"]
+        this["relearn steps ↑"] = cap if steps is None else str(steps)
+    return {
+        "base model": {"forget ↓": _pct(b["forget"]), "paraphrase ↓": _pct(b["paraphrase"]),
+                       "retain accuracy ↑": _pct(b["retain"])},
+        f"{row['variant']}, mean [95% interval] over seeds {', '.join(map(str, seeds))}": mean,
+        f"this file (seed {seeds[0]})": this,
+        "prompts per seed": {"forget ↓": m["forget"]["n"], "paraphrase ↓": m["paraphrase"]["n"],
+                             "retain accuracy ↑": m["retain"]["n"]},
+    }
+
+
+def ship(results: Path, keep: Path, variant: str) -> None:
+    data = json.loads(results.read_text(encoding="utf-8"))
+    seeds = data["seeds"]
+    rows = [r for r in data["rows"] if r["variant"] == variant]
+    if not rows:
+        raise SystemExit(f"{results} has no rows of {variant!r}.")
+    for row in rows:
+        name = row["kept"][str(seeds[0])]
+        adapter = UnlearningAdapter.load(keep / name)
+        meta = {**adapter.metadata, "evaluation": _evaluation(row, seeds),
+                "evaluation_protocol": "benchmarks/bench_robust.py: held-out prompts of the benchmark protocol, "
+                                       f"seeds {seeds}, the eval's attack at its default budget"}
+        out = UnlearningAdapter(adapter.tensors, meta).save(SHIPPED / f"{row['concept']}.safetensors")
+        print(f"wrote {out.relative_to(SHIPPED.parents[1])} ({row['concept']}, {variant}, seed {seeds[0]})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concepts", nargs="+", default=list(TEST_CONCEPTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--pool", type=int, default=256)
     ap.add_argument("--variants", nargs="+", default=["semu", "semu-robust", "esd-x"])
+    ap.add_argument("--robust", nargs="*", default=list(ROBUST), metavar="KEY=VALUE",
+                    help="SemuConfig settings of the semu-robust variant on top of SEMU's tuned ones")
+    ap.add_argument("--semu", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="SemuConfig settings of both SEMU variants on top of SEMU's tuned ones (e.g. steps=400)")
     ap.add_argument("--dev", action="store_true", help="allow dev concepts (to look at robust SEMU before testing)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--keep", help="directory to keep every adapter file in (needed by --ship)")
+    ap.add_argument("--ship", metavar="VARIANT", help="write the shipped adapters from --out and --keep; no new run")
     args = ap.parse_args()
+    if args.ship:
+        if not args.keep:
+            raise SystemExit("--ship needs --keep DIR: the directory the run kept its adapters in.")
+        return ship(Path(args.out), Path(args.keep), args.ship)
     allowed = DEV_CONCEPTS if args.dev else TEST_CONCEPTS
     bad = [c for c in args.concepts if c not in allowed]
     if bad:
         raise SystemExit(f"{bad} are not {'dev' if args.dev else 'test'} concepts ({', '.join(allowed)}).")
     tuning = load_tuning()["methods"]
-    variants = _variants(tuning, args.pool)
+    def settings(items):
+        return {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
+
+    variants = _variants(tuning, args.pool, settings(args.robust), settings(args.semu))
     sizes = HEADLINE.to_dict()
     start = time.perf_counter()
     rows = []
@@ -106,7 +178,8 @@ def main() -> None:
         for name in args.variants:
             method, config, robust = variants[name]
             row = _run(jobs.method_job, method, concept, config, args.seeds, sizes, base,
-                       robustness=BUDGET if robust else None, robustness_every_seed=robust)
+                       robustness=BUDGET if robust else None, robustness_every_seed=robust,
+                       keep=args.keep if robust else None)
             row = report.summarize_row(row, base)
             row["variant"] = name
             row["robust_summary"] = _robust_summary(row)

@@ -158,12 +158,14 @@ def _conditioning_kind(pipe) -> str:
         "SD 1.x/2.x UNets (None) and SDXL UNets ('text_time', in a StableDiffusionXLPipeline).")
 
 
-def _encode(pipe, prompts: list[str], *, guidance: bool) -> tuple[Conditioning, Conditioning | None]:
+def _encode(pipe, prompts: list[str], *, guidance: bool, grad: bool = False
+            ) -> tuple[Conditioning, Conditioning | None]:
     """The pipeline's own ``encode_prompt``: the prompts' conditioning and, with ``guidance``, the
-    unconditional one the pipeline pairs with it for classifier-free guidance."""
+    unconditional one the pipeline pairs with it for classifier-free guidance. ``grad``: keep the
+    autograd graph (robust SEMU's attack differentiates through the text encoders)."""
     kind = _conditioning_kind(pipe)
     device = pipe._execution_device
-    with torch.no_grad():
+    with torch.enable_grad() if grad else torch.no_grad():
         if kind == "text":
             emb, neg = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                           do_classifier_free_guidance=guidance)
@@ -183,14 +185,15 @@ def _encode(pipe, prompts: list[str], *, guidance: bool) -> tuple[Conditioning, 
         return cond, null
 
 
-def encode_conditioning(pipe, prompts: Sequence[str]) -> Conditioning:
-    """The UNet's conditioning for ``prompts`` as the pipeline computes it (see :func:`check_prompts`).
+def encode_conditioning(pipe, prompts: Sequence[str], *, grad: bool = False) -> Conditioning:
+    """The UNet's conditioning for ``prompts`` as the pipeline computes it (see :func:`check_prompts`);
+    with ``grad`` the autograd graph through the text encoder(s) is kept.
 
     >>> encode_conditioning(pipe, ["a red circle"]).hidden_states.shape  # doctest: +SKIP
     torch.Size([1, 77, 768])
     """
     check_prompts(pipe, prompts)
-    return _encode(pipe, list(prompts), guidance=False)[0]
+    return _encode(pipe, list(prompts), guidance=False, grad=grad)[0]
 
 
 def null_conditioning(pipe) -> Conditioning:

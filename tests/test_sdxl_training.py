@@ -159,3 +159,24 @@ def test_an_unknown_added_conditioning_is_refused(sdxl_pipe):
 
     with pytest.raises(UnsupportedArchitectureError, match="addition_embed_type='text_time'"):
         encode_conditioning(OtherPipeline(), ["a red circle"])
+
+
+def test_robust_semu_attacks_through_both_text_encoders(sdxl_pipe):
+    """Robust SEMU on SDXL: one set of soft tokens per text encoder at the same positions; the pooled
+    embedding follows the attack; text encoders and UNet come back untouched."""
+    from concept_erase.methods.semu.adversarial import AdversarialPrompts
+
+    pipe = sdxl_pipe
+    state = _state(pipe)
+    adv = AdversarialPrompts(pipe, ["a red circle"], num_tokens=2, step_size=0.1, generator=torch.Generator())
+    assert [d.shape[-1] for d in adv.delta] == [pipe.text_encoder.config.hidden_size,
+                                                pipe.text_encoder_2.config.hidden_size]
+    clean = encode_conditioning(pipe, ["a red circle"])
+    with torch.no_grad():
+        attacked = adv.conditioning(torch.tensor([0]))
+    assert not torch.allclose(clean.text_embeds, attacked.text_embeds)
+    adapter = erase_with("semu", pipe, CONCEPT, progress=False, **{**FAST["semu"], "adversarial": True,
+                                                                     "adversarial_tokens": 2})
+    assert np.isfinite(adapter.metadata["final_loss"])
+    assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in state.items())
+    assert all(not p.requires_grad or p.grad is None for p in pipe.text_encoder_2.parameters())

@@ -8,11 +8,11 @@ from concept_erase import SemuConfig, erase
 from concept_erase.diffusion import encode_conditioning, unet_prediction
 from concept_erase.errors import InvalidConfigError
 from concept_erase.methods.semu import trainer
-from concept_erase.methods.semu.adversarial import AdversarialPrompts, prompt_lengths
+from concept_erase.methods.semu.adversarial import FILLER, AdversarialPrompts
 
 
 def _prompts_and_latents(pipe):
-    prompts = ["a red circle", "a red square"]
+    prompts = ["a red circle", "a red square on a dark background"]
     c = encode_conditioning(pipe, prompts)
     g = torch.Generator().manual_seed(0)
     x_t = torch.randn(2, 4, 8, 8, generator=g)
@@ -20,31 +20,53 @@ def _prompts_and_latents(pipe):
     return prompts, c, x_t, torch.tensor([200, 700]), target
 
 
-def test_attack_lowers_its_objective_and_touches_only_its_positions(tiny_pipe):
-    prompts, c, x_t, t, target = _prompts_and_latents(tiny_pipe)
-    lengths = prompt_lengths(tiny_pipe, prompts)
-    assert lengths == [len(tiny_pipe.tokenizer(p).input_ids) - 1 for p in prompts]
-    adv = AdversarialPrompts(c, lengths, num_tokens=3, step_size=0.2, generator=torch.Generator().manual_seed(0))
-    rows = torch.tensor([0, 1])
-
+def _eps(pipe):
     def eps(x, tt, cond):
-        return unet_prediction(tiny_pipe.unet, x, tt, cond)
+        return unet_prediction(pipe.unet, x, tt, cond)
 
+    return eps
+
+
+def test_attack_lowers_its_objective_through_the_text_encoder(tiny_pipe):
+    """The inner attack appends soft tokens before each prompt's end token, lowers the UnlearnDiffAtk
+    objective, keeps its tokens within the vocabulary's largest norm, and its conditioning is what
+    the text encoder makes of the prompt with those tokens (so the prompt's own positions are unchanged:
+    CLIP's causal mask)."""
+    prompts, c, x_t, t, target = _prompts_and_latents(tiny_pipe)
+    adv = AdversarialPrompts(tiny_pipe, prompts, num_tokens=3, step_size=0.2,
+                             generator=torch.Generator().manual_seed(0))
+    lengths = [len(tiny_pipe.tokenizer(p).input_ids) - 1 for p in prompts]
+    assert adv.positions.tolist() == [list(range(n, n + 3)) for n in lengths]
+    assert adv.texts == [p + FILLER * 3 for p in prompts]
+    rows = torch.tensor([0, 1])
+    eps = _eps(tiny_pipe)
+    # the attack starts from vocabulary tokens: its conditioning is the text encoder's on those token ids
+    tok = tiny_pipe.tokenizer
+    ids = tok(adv.texts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    for i in range(2):
+        ids[i, adv.positions[i]] = adv.tokens[i]
     with torch.no_grad():
+        assert torch.allclose(adv.conditioning(rows).hidden_states, tiny_pipe.text_encoder(ids)[0], atol=1e-5)
         before = F.mse_loss(eps(x_t, t, adv.conditioning(rows)), target)
     for _ in range(4):
         attacked = adv.attack(eps, x_t, t, target, rows, steps=2)
     with torch.no_grad():
         after = F.mse_loss(eps(x_t, t, attacked), target)
-    assert after < before  # the attack finds conditionings under which the model denoises the concept better
-    h, h_adv = c.hidden_states, attacked.hidden_states
-    changed = (h - h_adv).abs().amax(dim=-1) > 0  # (prompts, positions)
-    for i, length in enumerate(lengths):
-        assert changed[i].nonzero().flatten().tolist() == list(range(length, length + 3))
-    # every adversarial vector stays within the prompt's largest hidden-state norm
-    limit = h.norm(dim=-1).amax(dim=1)
-    assert (h_adv.norm(dim=-1) <= limit[:, None] * (1 + 1e-5)).all()
+    assert after < before  # the attack finds prompts under which the model denoises the concept better
     assert not attacked.hidden_states.requires_grad
+    h, h_adv = c.hidden_states, attacked.hidden_states
+    for i, n in enumerate(lengths):
+        assert torch.allclose(h[i, :n], h_adv[i, :n], atol=1e-5)  # before the tokens: the clean prompt
+        assert not torch.allclose(h[i, n:], h_adv[i, n:])
+    table = tiny_pipe.text_encoder.get_input_embeddings().weight
+    assert (adv.delta[0].norm(dim=-1) <= table.norm(dim=-1).max() * (1 + 1e-5)).all()
+    assert all(not p.requires_grad or p.grad is None for p in tiny_pipe.text_encoder.parameters())
+
+
+def test_tokens_that_do_not_fit_raise(tiny_pipe):
+    long = "a red circle on a dark background"  # 8 of the tokenizer's 16 positions
+    with pytest.raises(InvalidConfigError, match="adversarial_tokens"):
+        AdversarialPrompts(tiny_pipe, [long], num_tokens=8, step_size=0.1, generator=torch.Generator())
 
 
 def test_robust_erase_trains_r_only_and_differs_from_plain(tiny_pipe, tiny_concept, fast_config, monkeypatch):
@@ -101,10 +123,7 @@ def test_forget_term_is_shared_by_both_sides(tiny_pipe, tiny_concept, fast_confi
 
 def test_joint_forward_equals_separate_calls(tiny_pipe):
     _, c, x_t, t, _ = _prompts_and_latents(tiny_pipe)
-
-    def eps(x, tt, cond):
-        return unet_prediction(tiny_pipe.unet, x, tt, cond)
-
+    eps = _eps(tiny_pipe)
     parts = [(x_t, t, c), (x_t[:1] * 0.5, t[:1], c[[1]])]
     with torch.no_grad():
         joint = trainer._joint(eps, parts)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from .. import world
+from .._io import atomic_path
 from ..concepts import load_preset
 from ..diffusion import generate_images, prompt_latents
 from ..evaluation.adversarial import AttackConfig, adversarial_attack
@@ -210,11 +212,13 @@ def _robustness(pipe, model, concept, path, budget: dict, b: dict) -> dict:
 
 def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int], sizes: dict, base: dict, *,
                curve_scales: tuple = (), curve_sizes: dict | None = None, robustness: dict | None = None,
-               robustness_every_seed: bool = False) -> dict:
+               robustness_every_seed: bool = False, keep: str | None = None) -> dict:
     """``method`` at ``overrides`` on ``concept_name`` for every seed, compared with ``base`` (a
     :func:`base_job` result at the same sizes and seeds, made with the same ``curve_sizes`` and
     ``robustness`` budget when those are given). The robustness checks run on the first seed's
-    adapter, or with ``robustness_every_seed`` on each seed's (``row["robustness_per_seed"]``)."""
+    adapter, or with ``robustness_every_seed`` on each seed's (``row["robustness_per_seed"]``).
+    ``keep``: a directory the adapter files are copied to (``{concept}.{method}.{seed}.safetensors``,
+    their names in ``row["kept"]``)."""
     pipe, model = _load()
     concept = load_preset(concept_name)
     sets = eval_prompts(concept, EvalSizes(**sizes))
@@ -279,6 +283,12 @@ def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int]
             if robustness_every_seed:
                 row["robustness_per_seed"] = found
             lap("robustness")
+        if keep is not None:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            row["kept"] = {seed: path.name for seed, path in paths.items()}  # names only: no machine path
+            for seed, path in paths.items():
+                with atomic_path(Path(keep) / path.name) as tmp_path:
+                    shutil.copyfile(path, tmp_path)
     row["phase_seconds"] = phases
     return row
 

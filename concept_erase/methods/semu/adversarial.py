@@ -5,101 +5,158 @@ Concept Erasure in Diffusion Models", arXiv 2405.15234): a bi-level problem whos
 for the current adapted model, a prompt that brings the concept back, and whose outer level unlearns
 on it,
 
-    min_R  L_forget(R, c_adv) + L_forget(R, c) + α L_retain(R),
-    c_adv = argmin_δ  ‖ε_{W + U R Vᵀ}(x_t(x₀), t, c ⊕ δ) − ε‖²          (the UnlearnDiffAtk objective)
+    min_R  L_forget(R, c ⊕ δ*) + L_forget(R, c) + α L_retain(R),
+    δ* = argmin_δ  ‖ε_{W + U R Vᵀ}(x_t(x₀), t, τ(c ⊕ δ)) − ε‖²      (the UnlearnDiffAtk objective)
 
-with x₀ an image of the concept the base model drew. Two adaptations, both stated:
+with x₀ an image of the concept the base model drew, ``τ`` the pipeline's text encoder(s) and ``δ``
+``k`` token embeddings appended to the prompt before its end token: the threat model of AdvUnlearn
+and of the eval's attack (``concept_erase.evaluation.adversarial``). Two choices, both stated:
 
-- **Where the attack lives.** AdvUnlearn (and the eval's attack, ``evaluation/adversarial.py``)
-  optimise ``k`` token embeddings appended to the prompt and run the text encoder. CLIP's causal
-  mask means such tokens can change only the hidden states at and after their own positions, so
-  here the attack acts on those positions directly: the ``k`` hidden-state vectors right after the
-  prompt's own tokens are free (each kept within the largest norm of that prompt's hidden states).
-  This is a superset of what ``k`` appended tokens can reach at those positions, costs no
-  text-encoder pass, and works for every UNet the package trains (SD 1.x/2.x/SDXL), since only
-  ``encoder_hidden_states`` change.
+- **Soft tokens.** ``δ`` are free vectors in the token-embedding space (each kept within the largest
+  norm of the vocabulary's embeddings), not snapped to vocabulary tokens: a superset of the eval's
+  discrete attack, and the conditioning still comes out of the text encoder, so R is trained on
+  hidden states the text encoder can produce. (A first version attacked the hidden states after
+  the prompt directly; free hidden-state vectors lie off the text encoder's output manifold, and on
+  a dev concept training against them cost 15 points of retain accuracy and made forgetting worse.)
 - **A persistent, few-step attack.** AdvUnlearn runs a fresh multi-step attack every outer step
-  (its "fast" variant one FGSM step). Here each forget prompt keeps its adversarial vectors across
+  (its "fast" variant one FGSM step). Here each forget prompt keeps its adversarial tokens across
   outer steps and every step refines them by ``adversarial_steps`` normalised-gradient steps (as
   persistent "free" adversarial training does), so a few inner steps per update accumulate into a
   strong attack over training.
 
-The outer update is SEMU's own: only R of each layer trains, so the attack never touches the base
-weights, and the teacher of the forget loss stays the base model on the *clean* prompt.
+SDXL's two text encoders each get their own ``δ`` at the same positions (both tokenizers must agree
+on them), and the pooled embedding follows the attack as the pipeline computes it. The outer update
+is SEMU's own: only R of each layer trains, the text encoders and the base weights never do, and the
+teacher of the forget loss stays the base model on the *clean* prompt.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ...diffusion import Conditioning
+from ...diffusion import Conditioning, encode_conditioning, frozen_unet
+from ...errors import InvalidConfigError
 
-__all__ = ["AdversarialPrompts", "prompt_lengths"]
+__all__ = ["AdversarialPrompts", "FILLER"]
+
+FILLER = " a"  # appended once per adversarial token to reserve its position; its embedding is replaced
+
+
+def _text_encoders(pipe) -> list[tuple[object, torch.nn.Module]]:
+    """``(tokenizer, text_encoder)`` pairs of the pipeline (one for SD 1.x/2.x, two for SDXL)."""
+    pairs = []
+    for tok, enc in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+        if getattr(pipe, tok, None) is not None and getattr(pipe, enc, None) is not None:
+            pairs.append((getattr(pipe, tok), getattr(pipe, enc)))
+    if not pairs:
+        raise InvalidConfigError("Robust SEMU (adversarial=True) attacks the prompt through the pipeline's text "
+                                 "encoder, and this pipeline has none; set adversarial=False.")
+    return pairs
+
+
+def _slots(tokenizer, prompt: str, k: int) -> tuple[str, list[int]]:
+    """The prompt with ``k`` reserved tokens before its end token, and their positions."""
+    ids = tokenizer(prompt, truncation=False).input_ids
+    text = prompt + FILLER * k
+    with_slots = tokenizer(text, truncation=False).input_ids
+    n, limit = len(ids) - 1, tokenizer.model_max_length
+    filler = tokenizer(FILLER.strip(), add_special_tokens=False).input_ids
+    if len(with_slots) > limit:
+        raise InvalidConfigError(
+            f"The forget prompt {prompt!r} takes {len(ids)} of the tokenizer's {limit} positions, so "
+            f"adversarial_tokens={k} more do not fit; lower adversarial_tokens or shorten the prompt.")
+    if len(filler) != 1 or with_slots[:n] != ids[:n] or with_slots[n:n + k] != filler * k:
+        raise InvalidConfigError(f"The tokenizer does not give {FILLER.strip()!r} one token after {prompt!r}, so "
+                                 "robust SEMU cannot place its adversarial tokens; set adversarial=False.")
+    return text, list(range(n, n + k))
 
 
 class AdversarialPrompts:
-    """Persistent adversarial hidden states for each forget prompt (rows of ``c_forget``).
+    """Persistent adversarial token embeddings for each forget prompt.
 
-    ``lengths[i]``: how many token positions prompt ``i`` occupies (its start token and words); the
-    ``num_tokens`` positions after them are the attack's. ``step_size`` is the size of one inner step
-    as a fraction of the prompt's largest hidden-state norm.
+    ``step_size``: one inner step, as a fraction of the mean norm of the vocabulary's embeddings.
     """
 
-    def __init__(self, c_forget: Conditioning, lengths: list[int], *, num_tokens: int, step_size: float,
-                 generator: torch.Generator):
-        h = c_forget.hidden_states.detach().float()
-        n, seq, _ = h.shape
-        if len(lengths) != n:
-            raise ValueError(f"{len(lengths)} prompt lengths for {n} forget prompts.")
-        k = min(num_tokens, seq - 1)
-        starts = torch.tensor([min(int(length), seq - k) for length in lengths])
-        self.positions = starts[:, None] + torch.arange(k)[None, :]  # (P, k)
-        self.c_forget = c_forget
-        self.max_norm = h.norm(dim=-1).amax(dim=1)  # (P,)
-        rows = torch.arange(n)[:, None]
-        # start from the clean hidden states at those positions, nudged so the first gradient is informative
-        noise = torch.randn(h[rows, self.positions].shape, generator=generator).to(h.device)
-        start = h[rows, self.positions] + 0.01 * self.max_norm[:, None, None] * F.normalize(noise, dim=-1)
-        self.delta = self._clamp(start, torch.arange(n))
+    def __init__(self, pipe, prompts: list[str], *, num_tokens: int, step_size: float, generator: torch.Generator):
+        self.pipe = pipe
+        self.encoders = _text_encoders(pipe)
+        slots = None
+        for tokenizer, _ in self.encoders:
+            found = [_slots(tokenizer, p, num_tokens) for p in prompts]
+            positions = [s for _, s in found]
+            if slots is not None and positions != slots:
+                raise InvalidConfigError("The pipeline's two tokenizers split the forget prompts differently, so "
+                                         "robust SEMU cannot place its adversarial tokens; set adversarial=False.")
+            slots = positions
+        self.texts = [text for text, _ in found]
+        self.positions = torch.tensor(slots)  # (P, k)
         self.step_size = step_size
+        special = set(self.encoders[0][0].all_special_ids)
+        vocab = torch.tensor([i for i in range(len(self.encoders[0][0])) if i not in special])
+        init = vocab[torch.randint(len(vocab), (len(prompts), num_tokens), generator=generator)]  # (P, k)
+        self.tokens = init  # the vocabulary tokens the attack starts from
+        self.delta, self.max_norm, self.step = [], [], []
+        for _, enc in self.encoders:
+            table = enc.get_input_embeddings().weight.detach().float()
+            norms = table[vocab.to(table.device)].norm(dim=-1)
+            self.delta.append(table[init.to(table.device)].clone())  # (P, k, D): random vocabulary tokens
+            self.max_norm.append(norms.max())
+            self.step.append(step_size * norms.mean())
 
-    def _clamp(self, d: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        limit = self.max_norm[rows][:, None, None]
+    @contextlib.contextmanager
+    def _placed(self, rows: torch.Tensor, deltas: list[torch.Tensor]):
+        """Within the block, each text encoder's token embeddings at the attack's positions of ``rows``
+        are ``deltas`` (one ``(B, k, D)`` tensor per encoder)."""
+        handles = []
+        for (_, enc), d in zip(self.encoders, deltas):
+            index = self.positions[rows].to(d.device)[..., None].expand(-1, -1, d.shape[-1])
+
+            def hook(module, inputs, output, d=d, index=index):
+                if output.shape[0] != len(index):  # another prompt batch (the unconditional one)
+                    return output
+                return output.scatter(1, index.to(output.device), d.to(output.dtype))
+
+            handles.append(enc.get_input_embeddings().register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def conditioning(self, rows: torch.Tensor, deltas: list[torch.Tensor] | None = None) -> Conditioning:
+        """The conditioning of the forget prompts ``rows`` with the attack's tokens in place (it carries
+        the gradient to ``deltas`` when they require it)."""
+        deltas = [d[rows] for d in self.delta] if deltas is None else deltas
+        with self._placed(rows, deltas):
+            return encode_conditioning(self.pipe, [self.texts[i] for i in rows.tolist()],
+                                       grad=any(d.requires_grad for d in deltas))
+
+    def _clamp(self, d: torch.Tensor, i: int) -> torch.Tensor:
         norm = d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return d * torch.clamp(limit / norm, max=1.0)
-
-    def conditioning(self, rows: torch.Tensor, delta: torch.Tensor | None = None) -> Conditioning:
-        """The forget conditioning of ``rows`` with the attack's vectors in place."""
-        delta = self.delta[rows] if delta is None else delta
-        c = self.c_forget[rows]
-        h = c.hidden_states.clone()
-        index = self.positions[rows].to(h.device)[..., None].expand(-1, -1, h.shape[-1])
-        h = h.scatter(1, index, delta.to(h.dtype))
-        return Conditioning(h, c.text_embeds, c.time_ids)
+        return d * torch.clamp(self.max_norm[i] / norm, max=1.0)
 
     def attack(self, eps: Callable, x_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor, rows: torch.Tensor,
                steps: int) -> Conditioning:
-        """Refine the vectors of ``rows`` by ``steps`` descent steps on the denoising loss of concept
+        """Refine the tokens of ``rows`` by ``steps`` descent steps on the denoising loss of concept
         latents ``x_t`` (the adapted model ``eps`` pushed to recognise the concept again), keep them,
         and return the adversarial conditioning (detached: the outer step differentiates R only)."""
-        d = self.delta[rows].clone()
-        for _ in range(steps):
-            d.requires_grad_(True)
-            loss = F.mse_loss(eps(x_t, t, self.conditioning(rows, d)), target)
-            (grad,) = torch.autograd.grad(loss, [d])
+        d = [x[rows].clone() for x in self.delta]
+        with contextlib.ExitStack() as frozen:
+            for _, enc in self.encoders:
+                frozen.enter_context(frozen_unet(enc))  # only the tokens take a gradient
+            for _ in range(steps):
+                d = [x.requires_grad_(True) for x in d]
+                loss = F.mse_loss(eps(x_t, t, self.conditioning(rows, d)), target)
+                grads = torch.autograd.grad(loss, d)
+                with torch.no_grad():
+                    d = [self._clamp(x - F.normalize(g, dim=-1) * self.step[i], i)
+                         for i, (x, g) in enumerate(zip(d, grads))]
+            d = [x.detach() for x in d]
+            for store, x in zip(self.delta, d):
+                store[rows] = x  # a prompt drawn twice in the batch keeps its last refinement
             with torch.no_grad():
-                step = F.normalize(grad, dim=-1) * (self.step_size * self.max_norm[rows])[:, None, None]
-                d = self._clamp(d - step, rows)
-        d = d.detach()
-        self.delta[rows] = d  # a prompt drawn twice in the batch keeps its last refinement
-        return self.conditioning(rows, d)
-
-
-def prompt_lengths(pipe, prompts: list[str]) -> list[int]:
-    """Token positions each prompt occupies before its end token (start token included)."""
-    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2")
-    ids = tokenizer(list(prompts), truncation=True, max_length=tokenizer.model_max_length).input_ids
-    return [len(x) - 1 for x in ids]
+                return self.conditioning(rows, d)

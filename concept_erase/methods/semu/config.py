@@ -83,17 +83,17 @@ class SemuConfig(Config):
     target_pool: int = setting(0, "SEMU: precompute the base model's targets for this many noised examples and "
                                   "train on them (0: a base forward every step)")
     # Robust SEMU (AdvUnlearn, arXiv 2405.15234, moved into SEMU's subspace; methods/semu/adversarial.py):
-    # every step first refines, for the batch's forget prompts, `adversarial_tokens` free hidden-state
-    # vectors after the prompt's tokens by `adversarial_steps` steps of the UnlearnDiffAtk objective on
-    # the current adapted model, then trains R on the forget loss of both the clean and the attacked
-    # prompts (weight `adversarial_weight` on the attacked one) plus the retain term.
+    # every step first refines, for the batch's forget prompts, `adversarial_tokens` soft token embeddings
+    # appended to the prompt by `adversarial_steps` steps of the UnlearnDiffAtk objective on the current
+    # adapted model (through the text encoder), then trains R on the forget loss of both the clean and the
+    # attacked prompts (weight `adversarial_weight` on the attacked one) plus the retain term.
     adversarial: bool = setting(False, "SEMU robust: train R against an inner attack on the forget prompts "
                                        "(AdvUnlearn-style adversarial training)")
-    adversarial_tokens: int = setting(5, "SEMU robust: hidden-state positions after each forget prompt the "
-                                         "inner attack controls (the eval attack's 5 tokens)")
+    adversarial_tokens: int = setting(5, "SEMU robust: soft tokens the inner attack appends to each forget "
+                                         "prompt (the eval attack's 5)")
     adversarial_steps: int = setting(2, "SEMU robust: inner attack steps per training step")
-    adversarial_step_size: float = setting(0.1, "SEMU robust: inner step, as a fraction of the prompt's largest "
-                                                "hidden-state norm")
+    adversarial_step_size: float = setting(0.1, "SEMU robust: inner step, as a fraction of the mean norm of the "
+                                                "vocabulary's token embeddings")
     adversarial_weight: float = setting(1.0, "SEMU robust: weight of the forget loss on the attacked prompts")
     max_timestep: int = setting(1000, "train on timesteps t in [0, max_timestep)")
     seed: int = setting(0, "random seed of the training data and steps")

@@ -58,7 +58,7 @@ from ..common import (FORGET_OFFSET, RETAIN_OFFSET, float32_eps, make_adapter, m
 from ..dense import adapter_from_deltas
 from ..simu.trainer import unet_critical_masks
 from ..sophia import Sophia, gnb_estimate
-from .adversarial import AdversarialPrompts, prompt_lengths
+from .adversarial import AdversarialPrompts
 from .config import SemuConfig
 from .layers import (inject_, lora_disabled, lora_factors, lora_parameters, lora_rank, peft_lora, remove_,
                      semu_layers)
@@ -110,7 +110,7 @@ class _Data:
     device: torch.device
     max_timestep: int
     g: torch.Generator
-    f_lengths: list[int]  # token positions of each forget prompt (robust SEMU's attack starts after them)
+    adversary: AdversarialPrompts | None  # robust SEMU's persistent attack on the forget prompts
 
     def noised(self, x0, idx):
         """``(x_t, t, target)``: x_0[idx] noised at random t, and what the UNet should predict there."""
@@ -167,8 +167,13 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
         if use_retain:
             retain = prompt_data(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
                                  desc="retain latents", **gen)
+    adversary = None
+    if config.adversarial:
+        adversary = AdversarialPrompts(pipe, list(concept.forget), num_tokens=config.adversarial_tokens,
+                                       step_size=config.adversarial_step_size,
+                                       generator=torch.Generator().manual_seed(config.seed))
     data = _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, pipe.scheduler, device, config.max_timestep, g,
-                 prompt_lengths(pipe, concept.forget))
+                 adversary)
 
     targets = select_modules(unet, config.target_modules)
     eps = float32_eps(_unet_eps(unet))  # losses in float32 whatever the UNet's dtype
@@ -455,10 +460,7 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
         opt = torch.optim.Adam(params, lr=config.learning_rate)
     with _phase("semu: target pool"):
         pools = _target_pools(base_eps, data, config, progress=progress) if config.target_pool else None
-    adversary = None
-    if config.adversarial:
-        adversary = AdversarialPrompts(data.c_f, data.f_lengths, num_tokens=config.adversarial_tokens,
-                                       step_size=config.adversarial_step_size, generator=g)
+    adversary = data.adversary
 
     def forget_batch():
         """``(x_t, t, target, rows, y, sign)``: a forget batch and its no-grad teacher (pool or fresh)."""
