@@ -2,8 +2,9 @@
 
 For one concept: the base model, plain SEMU, SEMU with the SIMU mask, SEMU trained with Sophia,
 SIMU (relabel and GradDiff), the codebook bottleneck alone ("base with codebook") and the codebook
-erasure. Every run uses the same prompts and seeds; each method's retain accuracy is compared with
-plain SEMU's image by image (paired), with a 95% bootstrap interval over prompts.
+erasure. Every run uses the same held-out prompts (the benchmark protocol's: 24 forget, 24 paraphrase,
+48 retain, none of them a training input) and image seeds; each method's retain accuracy is compared
+with plain SEMU's image by image (paired), with a 95% bootstrap interval over prompts.
 
     python benchmarks/bench_simu_codebook.py --concept no-red [--runs semu simu ...] [--images-per-prompt 2]
 
@@ -22,6 +23,7 @@ import torch
 
 from concept_erase import load_preset, world
 from concept_erase._io import atomic_write_json
+from concept_erase.bench.protocol import HEADLINE, eval_prompts, image_seeds
 from concept_erase.codebook import CodebookEdit, attach_codebook_, detach_codebook_
 from concept_erase.evaluation.fid import WorldFeatures, fid_of_images
 from concept_erase.evaluation.world import _judged, evaluate_sets, score_images
@@ -35,7 +37,8 @@ RUNS = {
     "semu+simu-mask+sophia": ("semu", {"mask": "simu", "optimizer": "sophia", "learning_rate": 3e-3}),
     "simu": ("simu", {}),
     "simu-graddiff": ("simu", {"loss": "graddiff"}),
-    "codebook": ("codebook", {}),
+    "codebook": ("codebook", {}),  # redirect, 32 codes (the defaults)
+    "codebook-delete": ("codebook", {"deactivate": "zero"}),  # the paper's deletion, 32 codes
 }
 
 
@@ -66,13 +69,18 @@ def main() -> None:
     feats = WorldFeatures(classifier)
     extra = {k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v for k, v in (s.split("=", 1) for s in args.set)}
 
+    # the benchmark protocol's held-out prompts (none of them a training input) and image seeds
+    sets = eval_prompts(concept, HEADLINE)
+
     def evaluate(tag):
-        metrics, imgs = evaluate_sets(pipe, classifier, concept, images_per_prompt=ipp, return_images=True)
+        metrics, imgs = evaluate_sets(pipe, classifier, concept, images_per_prompt=ipp, return_images=True, sets=sets,
+                                      seed=image_seeds(0, 1)[0])
         rows, _, images = imgs["retain"]
         return metrics, images, retain_hits(classifier, images, rows)
 
     base, base_imgs, base_hits = evaluate("base")
-    results = {"concept": args.concept, "images_per_prompt": ipp, "base": base, "runs": {}}
+    results = {"concept": args.concept, "images_per_prompt": ipp, "prompts": {k: len(v) for k, v in sets.items()},
+               "base": base, "runs": {}}
     hits = {}
     book = CodebookEdit.load(WORLD_CODEBOOK)
     attach_codebook_(pipe, book, name="codebook-only")

@@ -19,6 +19,12 @@ the codes switched off) is applied by a forward pre-hook on the UNet that replac
 ``encoder_hidden_states`` by the edited reconstruction. Two ways to switch a code off:
 ``"zero"`` drops its coefficient after the top-k selection; ``"exclude"`` removes it from the
 candidates, so the next-best codes are selected instead (the paper removes codes from the codebook).
+Both make the concept *unspecified*, and an unspecified attribute is drawn from the model's prior
+(on the shapes world, a background left unnamed is dark about half the time). A third mode, an
+extension of the paper, makes it the anchor instead: ``"redirect"`` zeroes the codes and adds, for
+each, a substitute vector s_j fitted in closed form when the edit is made (``methods/codebook.py``)::
+
+    ĥ_redirect = Σ_{j ∉ off} z_j e_j + b + Σ_{j ∈ off} z_j s_j
 ``scale`` s interpolates: ĥ_s = ĥ + s·(ĥ_edit − ĥ), so s = 0 is the bottleneck with nothing erased.
 
 It is **not a LoRA**: diffusers' ``load_lora_weights`` cannot load it. With plain diffusers, compute
@@ -44,9 +50,10 @@ from .version import __version__
 __all__ = ["Codebook", "CodebookEdit", "DEACTIVATE_MODES", "is_codebook_file", "attach_codebook_",
            "detach_codebook_", "loaded_codebook"]
 
-DEACTIVATE_MODES = ("zero", "exclude")
+DEACTIVATE_MODES = ("zero", "exclude", "redirect")
 _KEYS = ("codebook.encoder.weight", "codebook.encoder.bias", "codebook.dictionary", "codebook.bias")
 _OFF_KEY = "codebook.off"
+_SUBSTITUTE_KEY = "codebook.substitute"  # s_j of each switched-off code (redirect)
 _PROBE_KEY = "codebook.probe"  # the base text encoder's embedding of "" (checks the codebook fits it)
 _STATE = "_concept_erase_codebook"
 
@@ -78,7 +85,7 @@ class Codebook(nn.Module):
             a = a.index_fill(-1, off, -1.0)  # never among the top k (affinities are >= 0)
         values, idx = a.topk(self.k, dim=-1)
         z = torch.zeros_like(a).scatter(-1, idx, values.clamp(min=0))
-        if off is not None and len(off) and mode == "zero":
+        if off is not None and len(off) and mode in ("zero", "redirect"):
             z = z.index_fill(-1, off, 0.0)
         return z
 
@@ -86,14 +93,22 @@ class Codebook(nn.Module):
         return z @ F.normalize(self.dictionary, dim=1) + self.bias
 
     def forward(self, h: torch.Tensor, off: torch.Tensor | None = None, mode: str = "zero",
-                scale: float = 1.0) -> torch.Tensor:
-        """ĥ of ``h`` ``(..., D)``; with ``off``: ĥ + scale·(ĥ_edit − ĥ)."""
+                scale: float = 1.0, substitute: torch.Tensor | None = None) -> torch.Tensor:
+        """ĥ of ``h`` ``(..., D)``; with ``off``: ĥ + scale·(ĥ_edit − ĥ). ``mode="redirect"`` needs
+        ``substitute`` ``(len(off), D)``: the vectors that replace the switched-off codes."""
         dtype = h.dtype
         h = h.to(self.bias.dtype)
-        base = self.decode(self.codes(h))
+        z = self.codes(h)
+        base = self.decode(z)
         if off is None or not len(off) or scale == 0:
             return base.to(dtype)
-        edit = self.decode(self.codes(h, off, mode))
+        if mode == "redirect":
+            if substitute is None or substitute.shape != (len(off), h.shape[-1]):
+                raise InvalidConfigError(f"deactivate='redirect' needs a substitute of shape ({len(off)}, "
+                                         f"{h.shape[-1]}), got {None if substitute is None else tuple(substitute.shape)}.")
+            edit = self.decode(z.index_fill(-1, off, 0.0)) + z.index_select(-1, off) @ substitute.to(z.dtype)
+        else:
+            edit = self.decode(self.codes(h, off, mode))
         return (edit if scale == 1 else base + scale * (edit - base)).to(dtype)
 
     # ----- tensors -----
@@ -128,6 +143,7 @@ class CodebookEdit:
     off: torch.Tensor  # int64 indices of the codes switched off
     probe: torch.Tensor  # the base text encoder's embedding of "" (1, T, D)
     metadata: dict = field(default_factory=dict)
+    substitute: torch.Tensor | None = None  # (len(off), D): what replaces each switched-off code (redirect)
 
     def __post_init__(self) -> None:
         self.off = torch.as_tensor(self.off, dtype=torch.int64).flatten()
@@ -136,6 +152,12 @@ class CodebookEdit:
                                      f"(0..{self.codebook.num_codes - 1}); the file is corrupt.")
         if self.mode not in DEACTIVATE_MODES:
             raise AdapterFormatError(f"Unknown deactivation mode {self.mode!r}; expected one of {DEACTIVATE_MODES}.")
+        if self.mode == "redirect":
+            want = (len(self.off), self.codebook.dictionary.shape[1])
+            if self.substitute is None or tuple(self.substitute.shape) != want:
+                got = None if self.substitute is None else tuple(self.substitute.shape)
+                raise AdapterFormatError(f"A 'redirect' codebook edit needs `{_SUBSTITUTE_KEY}` of shape {want} (one "
+                                         f"vector per switched-off code), but has {got}; the file is incomplete.")
 
     @property
     def mode(self) -> str:
@@ -149,7 +171,11 @@ class CodebookEdit:
         """Edited text embeddings ``(B, T, D)`` for a pipeline's ``prompt_embeds=`` (plain diffusers)."""
         book = self.codebook.to(hidden_states.device)
         with torch.no_grad():
-            return book(hidden_states, self.off.to(hidden_states.device), self.mode, scale)
+            return book(hidden_states, self.off.to(hidden_states.device), self.mode, scale, self._substitute_on(
+                hidden_states.device))
+
+    def _substitute_on(self, device) -> torch.Tensor | None:
+        return None if self.substitute is None else self.substitute.to(device)
 
     def check_compatible(self, pipe) -> None:
         """Refuse a codebook made for another text encoder: its probe must match this encoder's."""
@@ -184,6 +210,8 @@ class CodebookEdit:
         out = {k: v.detach().float().cpu().contiguous() for k, v in self.codebook.state_tensors().items()}
         out[_OFF_KEY] = self.off.cpu().contiguous()
         out[_PROBE_KEY] = self.probe.detach().float().cpu().contiguous()
+        if self.substitute is not None:
+            out[_SUBSTITUTE_KEY] = self.substitute.detach().float().cpu().contiguous()
         return out
 
     def save(self, path: str | Path) -> Path:
@@ -212,7 +240,7 @@ class CodebookEdit:
             raise AdapterFormatError(f"{str(path)!r}: tensor {bad[0]!r} holds NaN or inf values; the file is corrupt.")
         try:
             return cls(Codebook.from_tensors(tensors, k), tensors.get(_OFF_KEY, torch.zeros(0, dtype=torch.int64)),
-                       tensors[_PROBE_KEY], meta)
+                       tensors[_PROBE_KEY], meta, tensors.get(_SUBSTITUTE_KEY))
         except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as e:
             if isinstance(e, AdapterFormatError):
                 raise
@@ -257,7 +285,7 @@ def attach_codebook_(pipe, edit: CodebookEdit, *, name: str | None = None, scale
     edit.check_compatible(pipe)
     device = next(pipe.unet.parameters()).device
     edit.codebook.to(device).requires_grad_(False)
-    off = edit.off.to(device)
+    off, substitute = edit.off.to(device), edit._substitute_on(device)
     state = {"name": name or edit.name, "edit": edit, "scale": float(scale)}
 
     # Differentiable in the text embeddings (the codebook's own weights are frozen), so gradient-based
@@ -265,9 +293,10 @@ def attach_codebook_(pipe, edit: CodebookEdit, *, name: str | None = None, scale
     def pre_hook(module, args, kwargs):
         if "encoder_hidden_states" in kwargs:
             h = kwargs["encoder_hidden_states"]
-            kwargs = {**kwargs, "encoder_hidden_states": edit.codebook(h, off, edit.mode, state["scale"])}
+            kwargs = {**kwargs, "encoder_hidden_states": edit.codebook(h, off, edit.mode, state["scale"], substitute)}
         elif len(args) > 2:
-            args = (*args[:2], edit.codebook(args[2], off, edit.mode, state["scale"]), *args[3:])
+            args = (*args[:2], edit.codebook(args[2], off, edit.mode, state["scale"], substitute),
+                    *args[3:])
         return args, kwargs
 
     state["handle"] = pipe.unet.register_forward_pre_hook(pre_hook, with_kwargs=True)

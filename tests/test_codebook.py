@@ -1,6 +1,8 @@
 """CodeUnlearn's codebook bottleneck: reconstruction on held-out prompts, switching no code off
 reproduces the base-with-codebook exactly, an erasure loads through `load_unlearning_adapter`,
-changes the forget prompt's output and unloads to the base exactly, and bad inputs are refused."""
+changes the forget prompt's output and unloads to the base exactly, the redirect substitutes are the
+ridge solution (checked against a least-squares reference) and survive a save/load, and bad inputs
+are refused."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from concept_erase.codebook import CodebookEdit, loaded_codebook
-from concept_erase.errors import AdapterFormatError, ArchitectureMismatchError, WeightsNotFoundError
+from concept_erase import Concept
+from concept_erase.codebook import Codebook, CodebookEdit, loaded_codebook
+from concept_erase.errors import AdapterFormatError, ArchitectureMismatchError, InvalidConfigError, WeightsNotFoundError
 from concept_erase.methods import erase_with
 from concept_erase.methods.codebook import (
-    WORLD_CODEBOOK, CodebookTrainingConfig, _embeddings, relative_error, train_codebook, world_codebook_prompts,
+    WORLD_CODEBOOK, CodebookTrainingConfig, _embeddings, fit_substitutes, relative_error, train_codebook,
+    world_codebook_prompts,
 )
 
 from .conftest import tiny_images
@@ -101,3 +105,79 @@ def test_codebook_bad_inputs(tiny_pipe, tiny_codebook, tmp_path):
     bad.save(tmp_path / "bad.safetensors")
     with pytest.raises(AdapterFormatError, match="outside the codebook"):
         CodebookEdit.load(tmp_path / "bad.safetensors")
+
+
+def test_fit_substitutes_is_the_ridge_least_squares_solution():
+    torch.manual_seed(0)
+    book = Codebook(dim=6, codes=10, k=3).requires_grad_(False)
+    forget, anchor, neutral = torch.randn(4, 5, 6), torch.randn(4, 5, 6), torch.randn(3, 5, 6)
+    off = torch.tensor([1, 4, 7])
+    ridge = 0.05
+    got = fit_substitutes(book, off, forget, anchor, neutral, ridge)
+
+    # reference: the stacked system [X; √λ I] S = [T; 0] solved by least squares
+    def rows(h, target):
+        z = book.codes(h)
+        zeroed = z.clone()
+        zeroed[..., off] = 0
+        return z[..., off].reshape(-1, 3), (target - book.decode(zeroed)).reshape(-1, 6)
+
+    xf, tf = rows(forget, book.decode(book.codes(anchor)))
+    xn, tn = rows(neutral, book.decode(book.codes(neutral)))
+    x, t = torch.cat([xf, xn]).double(), torch.cat([tf, tn]).double()
+    lam = ridge * float((x * x).sum(0).mean())
+    a = torch.cat([x, lam ** 0.5 * torch.eye(3, dtype=x.dtype)])
+    b = torch.cat([t, torch.zeros(3, 6, dtype=t.dtype)])
+    want = torch.linalg.lstsq(a, b).solution.float()
+    assert got.shape == (3, 6)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_redirect_moves_forget_prompts_to_their_anchors_and_round_trips(tiny_pipe, tiny_codebook, tmp_path):
+    path, book = tiny_codebook
+    edit = erase_with("codebook", tiny_pipe, "no-red", progress=False, codebook=str(path), num_codes=8,
+                      deactivate="redirect")
+    zero = erase_with("codebook", tiny_pipe, "no-red", progress=False, codebook=str(path), num_codes=8,
+                      deactivate="zero")
+    assert edit.mode == "redirect" and edit.substitute.shape == (len(edit.off), book.codebook.dictionary.shape[1])
+    assert edit.metadata["aligned_pairs"] == 8  # every no-red anchor says its forget prompt with "gray"
+    forget = _embeddings(tiny_pipe, ["a red circle", "red square"])
+    anchor = book.codebook(_embeddings(tiny_pipe, ["a gray circle", "gray square"]))
+    # the edit brings the forget prompts' reconstruction towards their anchors', beyond what deleting does
+    assert (edit.apply(forget) - anchor).norm() < (book.codebook(forget) - anchor).norm()
+    assert (edit.apply(forget) - anchor).norm() < (zero.apply(forget) - anchor).norm()
+    assert torch.equal(edit.apply(forget, scale=0.0), book.codebook(forget))
+
+    saved = edit.save(tmp_path / "no-red.redirect.safetensors")
+    loaded = CodebookEdit.load(saved)
+    assert loaded.mode == "redirect" and torch.equal(loaded.substitute, edit.substitute)
+    assert torch.equal(loaded.apply(forget), edit.apply(forget))
+    base = tiny_images(tiny_pipe)
+    name = tiny_pipe.load_unlearning_adapter(str(saved))
+    erased = tiny_images(tiny_pipe)
+    assert np.abs(erased[0] - base[0]).max() > 1e-3
+    tiny_pipe.unload_unlearning_adapter(name)
+    assert np.array_equal(tiny_images(tiny_pipe), base)
+
+    # a redirect file that lost its substitutes is refused, not silently turned into deletion
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    tensors = load_file(str(saved))
+    with safe_open(str(saved), framework="pt") as f:
+        header = f.metadata()
+    del tensors["codebook.substitute"]
+    save_file(tensors, str(tmp_path / "cut.safetensors"), metadata=header)
+    with pytest.raises(AdapterFormatError, match="substitute"):
+        CodebookEdit.load(tmp_path / "cut.safetensors")
+
+
+def test_redirect_needs_token_aligned_anchors(tiny_pipe, tiny_codebook):
+    path, _ = tiny_codebook
+    concept = Concept(name="red", forget=["a red circle", "red square"], anchor=["a gray circle on a light background"],
+                      retain=["a blue star"])
+    with pytest.raises(InvalidConfigError, match="line up") as e:
+        erase_with("codebook", tiny_pipe, concept, progress=False, codebook=str(path), deactivate="redirect")
+    assert "deactivate='zero'" in str(e.value)  # says what to do
+    edit = erase_with("codebook", tiny_pipe, concept, progress=False, codebook=str(path), deactivate="zero", num_codes=4)
+    assert edit.mode == "zero" and edit.substitute is None

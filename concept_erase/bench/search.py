@@ -34,8 +34,10 @@ GRIDS: dict[str, list[dict]] = {
     "task-vector": [dict(scale=s) for s in (0.5, 1.0, 2.0, 4.0)],
     # SIMU ("SIMU: Selective Influence Machine Unlearning"): Sophia lr around its default 5e-4, and its steps.
     "simu": [dict(learning_rate=lr, steps=n) for lr in (5e-4, 2e-3) for n in (75, 150)],
-    # CodeUnlearn (arXiv 2410.10866): how many codes are switched off.
-    "codebook": [dict(num_codes=k) for k in (8, 16, 32, 64)],
+    # CodeUnlearn (arXiv 2410.10866): how many codes are switched off, and how: the paper's deletion
+    # ("zero") at 64 codes, and the redirect extension (substitutes fitted to the anchors) at 16 / 32 / 64.
+    "codebook": [dict(deactivate="zero", num_codes=64)] + [dict(deactivate="redirect", num_codes=k)
+                                                           for k in (16, 32, 64)],
 }
 
 # --quick: a CI smoke run. Short training, and only two configurations of each grid are tried.

@@ -15,7 +15,8 @@ with ``erase(pipe, concept, config, *, progress) -> UnlearningAdapter``. A new m
 - ``simu``: SIMU's critical neurons (attribution mask on feed-forward and attention rows), only those
   rows fine-tuned with Sophia on GradDiff or relabelling (:class:`SimuConfig`);
 - ``codebook``: CodeUnlearn's codebook bottleneck on the text embeddings, codes of the concept
-  switched off, no training per concept (:class:`CodebookConfig`). Its result is a
+  switched off (by default redirected to substitutes fitted in closed form to the anchors), no
+  training per concept (:class:`CodebookConfig`). Its result is a
   :class:`~concept_erase.codebook.CodebookEdit` file, not LoRA factors; ``pipe.load_unlearning_adapter``
   loads both.
 
@@ -84,7 +85,8 @@ METHODS: dict[str, Method] = {
         Method("task-vector", TaskVectorConfig, erase_task_vector, summary="negated fine-tune on forget images"),
         Method("simu", SimuConfig, erase_simu, summary="critical-neuron mask, masked Sophia fine-tuning"),
         Method("codebook", CodebookConfig, erase_codebook,
-               summary="switch off codebook codes of the text embeddings (zero-shot, not a LoRA)"),
+               summary="switch off codebook codes of the text embeddings, redirect them to the anchors (zero-shot, "
+                       "not a LoRA)"),
     )
 }
 
