@@ -54,6 +54,17 @@ def paired_interval(a: np.ndarray, b: np.ndarray, per_prompt: int, *, n: int = 2
     return float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
 
 
+def _override(text: str) -> tuple[str, object]:
+    """``key=value`` with value read as JSON where it is JSON (numbers, true, lists), else as a string."""
+    if "=" not in text:
+        raise SystemExit(f"--set takes key=value, got {text!r} (e.g. --set mask_threshold=0.1)")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concept", default="no-red")
@@ -67,7 +78,7 @@ def main() -> None:
     concept = load_preset(args.concept)
     ipp = args.images_per_prompt
     feats = WorldFeatures(classifier)
-    extra = {k: json.loads(v) if v[:1] in "0123456789-[{tfn" else v for k, v in (s.split("=", 1) for s in args.set)}
+    extra = dict(_override(s) for s in args.set)
 
     # the benchmark protocol's held-out prompts (none of them a training input) and image seeds
     sets = eval_prompts(concept, HEADLINE)
