@@ -14,7 +14,6 @@ Writes benchmarks/results/simu_codebook_<concept>.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from concept_erase import load_preset, world
 from concept_erase._io import atomic_write_json
 from concept_erase.bench.protocol import HEADLINE, eval_prompts, image_seeds
+from concept_erase.cli.erase import _parse_settings  # the --set reader of `concept-erase erase`
 from concept_erase.codebook import CodebookEdit, attach_codebook_, detach_codebook_
 from concept_erase.evaluation.fid import WorldFeatures, fid_of_images
 from concept_erase.evaluation.world import _judged, evaluate_sets, score_images
@@ -54,17 +54,6 @@ def paired_interval(a: np.ndarray, b: np.ndarray, per_prompt: int, *, n: int = 2
     return float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
 
 
-def _override(text: str) -> tuple[str, object]:
-    """``key=value`` with value read as JSON where it is JSON (numbers, true, lists), else as a string."""
-    if "=" not in text:
-        raise SystemExit(f"--set takes key=value, got {text!r} (e.g. --set mask_threshold=0.1)")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concept", default="no-red")
@@ -78,7 +67,7 @@ def main() -> None:
     concept = load_preset(args.concept)
     ipp = args.images_per_prompt
     feats = WorldFeatures(classifier)
-    extra = dict(_override(s) for s in args.set)
+    extra = _parse_settings(args.set)
 
     # the benchmark protocol's held-out prompts (none of them a training input) and image seeds
     sets = eval_prompts(concept, HEADLINE)

@@ -106,9 +106,10 @@ class Codebook(nn.Module):
             if substitute is None or substitute.shape != (len(off), h.shape[-1]):
                 raise InvalidConfigError(f"deactivate='redirect' needs a substitute of shape ({len(off)}, "
                                          f"{h.shape[-1]}), got {None if substitute is None else tuple(substitute.shape)}.")
-            edit = self.decode(z.index_fill(-1, off, 0.0)) + z.index_select(-1, off) @ substitute.to(z.dtype)
-        else:
-            edit = self.decode(self.codes(h, off, mode))
+        # "exclude" re-runs the top-k without the codes; "zero" and "redirect" drop them from this one
+        edit = self.decode(self.codes(h, off, mode) if mode == "exclude" else z.index_fill(-1, off, 0.0))
+        if mode == "redirect":
+            edit = edit + z.index_select(-1, off) @ substitute.to(z.dtype)
         return (edit if scale == 1 else base + scale * (edit - base)).to(dtype)
 
     # ----- tensors -----

@@ -245,13 +245,13 @@ def fit_substitutes(book: Codebook, off: torch.Tensor, forget: torch.Tensor, anc
     where z_off are a token's coefficients on the switched-off codes and ĥ_0 its reconstruction with
     them zeroed: forget tokens move to their anchor's reconstruction, neutral tokens keep theirs."""
     with torch.no_grad():
-        def rows(h, target):
-            z = book.codes(h)
+        def rows(z, target):
             zeroed = book.decode(z.index_fill(-1, off, 0.0))
-            return z.index_select(-1, off).reshape(-1, len(off)), (target - zeroed).reshape(-1, h.shape[-1])
+            return z.index_select(-1, off).reshape(-1, len(off)), (target - zeroed).reshape(-1, target.shape[-1])
 
-        xf, tf = rows(forget, book.decode(book.codes(anchor)))
-        xn, tn = rows(neutral, book.decode(book.codes(neutral)))
+        zn = book.codes(neutral)
+        xf, tf = rows(book.codes(forget), book.decode(book.codes(anchor)))
+        xn, tn = rows(zn, book.decode(zn))
         x, t = torch.cat([xf, xn]).double(), torch.cat([tf, tn]).double()
         gram = x.T @ x
         lam = ridge * float(gram.diagonal().mean()) + 1e-12
