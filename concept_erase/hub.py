@@ -231,13 +231,29 @@ def _md(value) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+# The order a reader looks for the columns and rows of an evaluation in. The metadata is stored with
+# sorted keys, so the file does not keep the writer's order; unknown labels keep theirs, after these.
+_COLUMN_ORDER = ("forget", "paraphrase", "retain", "specificity", "attack", "relearn", "membership", "fid", "kid",
+                 "clip")
+_ROW_ORDER = ("base", "", "prompts")  # the base model first, counts of prompts last, the rest between
+
+
+def _rank(label, order: tuple[str, ...]) -> int:
+    text = str(label).lower()
+    return next((i for i, key in enumerate(order) if key and text.startswith(key)), order.index("") if "" in order
+                else len(order))
+
+
 def _evaluation_table(evaluation) -> list[str]:
-    """``{row: {column: value}}`` (e.g. ``{"base": {"forget": 1.0}, "erased": {"forget": 0.0}}``) -> table."""
+    """``{row: {column: value}}`` (e.g. ``{"base": {"forget": 1.0}, "erased": {"forget": 0.0}}``) -> table,
+    columns in :data:`_COLUMN_ORDER` (forget, paraphrase, retain, ...) and the base model's row first."""
     if not isinstance(evaluation, dict) or not evaluation or not all(isinstance(v, dict) for v in evaluation.values()):
         return []
     columns = list(dict.fromkeys(c for row in evaluation.values() for c in row))
+    columns.sort(key=lambda c: _rank(c, _COLUMN_ORDER))  # stable: unknown columns keep their order, last
+    rows = sorted(evaluation.items(), key=lambda item: _rank(item[0], _ROW_ORDER))
     lines = ["| | " + " | ".join(_md(c) for c in columns) + " |", "|---|" + "---:|" * len(columns)]
-    for label, row in evaluation.items():
+    for label, row in rows:
         lines.append(f"| {_md(label)} | " + " | ".join(_md(row.get(c, "–")) for c in columns) + " |")
     return lines
 

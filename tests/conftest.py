@@ -88,5 +88,6 @@ def tiny_concept():
 def fast_config():
     from concept_erase import SemuConfig
 
+    # target_pool=0: a base forward per step (the pool's own tests set it)
     return SemuConfig(steps=4, num_forget_images=4, num_retain_images=2, sample_steps=2, batch_size=2,
-                      gradient_batches=2, learning_rate=0.05)
+                      gradient_batches=2, learning_rate=0.05, target_pool=0)

@@ -74,6 +74,23 @@ def test_save_pretrained_writes_weights_and_a_model_card(adapter, tmp_path):
     assert all(torch.equal(saved.tensors[k], adapter.tensors[k]) for k in adapter.tensors)
 
 
+def test_card_orders_the_evaluation_as_a_reader_expects():
+    """The file stores the evaluation with sorted keys; the card puts forget/paraphrase/retain first,
+    the base model's row first and the prompt counts last, and keeps unknown labels after them."""
+    from concept_erase.hub import _evaluation_table
+
+    evaluation = {"base model": {"forget ↓": 1.0, "retain accuracy ↑": 0.98},
+                  "prompts per seed": {"forget ↓": 24, "retain accuracy ↑": 48},
+                  "semu, mean": {"attack success ↓": 0.3, "custom": 7, "forget ↓": 0.1, "paraphrase ↓": 0.1,
+                                 "relearn steps ↑": 20, "retain accuracy ↑": 1.0, "specificity ↑": 0.9},
+                  "a file": {"forget ↓": 0.0}}
+    lines = _evaluation_table(evaluation)
+    assert lines[0] == ("| | forget ↓ | paraphrase ↓ | retain accuracy ↑ | specificity ↑ | attack success ↓ | "
+                        "relearn steps ↑ | custom |")
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| base model", "| semu, mean", "| a file",
+                                                           "| prompts per seed"]
+
+
 def test_card_of_a_local_base_has_no_base_model_and_no_path(adapter, tmp_path, tiny_pipe_dir):
     from diffusers import StableDiffusionPipeline
 

@@ -65,6 +65,73 @@ def test_target_pool_trains_without_a_base_forward_per_step(tiny_pipe, tiny_conc
     assert any(adapter.factors(m)[1].abs().max() > 0 for m in adapter.modules)
 
 
+def test_pool_chunks_halve_after_out_of_memory_and_other_errors_pass():
+    seen = []
+
+    def fn(chunk):
+        seen.append(chunk)
+        if chunk > 8:  # the message PyTorch's CUDA allocator raises
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.ones(chunk)
+
+    assert trainer._in_chunks_that_fit(fn, 32).shape == (8,)
+    assert seen == [32, 16, 8]
+
+    def broken(chunk):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        trainer._in_chunks_that_fit(broken, 32)
+
+
+def test_pool_built_in_smaller_chunks_after_out_of_memory_trains_the_same(tiny_pipe, tiny_concept, fast_config,
+                                                                         monkeypatch):
+    """An out-of-memory error while the pool is built costs a retry with smaller chunks, not the run."""
+    fast_config.steps, fast_config.target_pool = 6, 12
+    plain = erase(tiny_pipe, tiny_concept, fast_config, progress=False)
+    real = trainer._eps_within
+    sizes = []
+
+    def tight(eps, context):
+        inner = real(eps, context)
+
+        def base_eps(x, t, c):
+            sizes.append(len(x))
+            if len(x) > 4:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+            return inner(x, t, c)
+
+        return base_eps
+
+    monkeypatch.setattr(trainer, "_eps_within", tight)
+    retried = erase(tiny_pipe, tiny_concept, fast_config, progress=False)
+    assert max(sizes) == 12 and 4 in sizes  # the first try held the whole pool; the retry chunks of 4
+    for m in plain.modules:
+        for a, b in zip(plain.factors(m), retried.factors(m)):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_the_pool_is_the_default_and_no_larger_than_the_steps_draw(tiny_pipe, tiny_concept, fast_config,
+                                                                  monkeypatch):
+    from concept_erase import SemuConfig
+
+    assert SemuConfig().target_pool == 256
+    sizes = []
+    real = trainer._in_chunks_that_fit
+    monkeypatch.setattr(trainer, "_in_chunks_that_fit", lambda fn, chunk: sizes.append(chunk) or real(fn, chunk))
+    built = []
+    real_pool = trainer._Pool
+    monkeypatch.setattr(trainer, "_Pool", lambda *a: built.append(len(a[1])) or real_pool(*a))
+    fast_config.target_pool = 256
+    fast_config.steps, fast_config.batch_size = 3, 2
+    erase(tiny_pipe, tiny_concept, fast_config, progress=False)
+    assert built == [6, 6]  # 3 steps x 2 examples per side, not 256
+    built.clear()
+    fast_config.steps = 0
+    erase(tiny_pipe, tiny_concept, fast_config, progress=False)
+    assert built == []  # no steps: no pool
+
+
 def test_streamed_gradient_gives_the_same_subspaces(tiny_pipe, tiny_concept, fast_config, monkeypatch):
     fast_config.steps = 0
     fast_config.gamma = 0.9

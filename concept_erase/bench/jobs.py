@@ -307,5 +307,6 @@ def tune_job(method: str, concept_name: str, configs: list[dict], sizes: dict, e
                 r = evaluate(pipe, model, concept, sets, 0)
             finally:
                 pipe.unload_unlearning_adapter("bench")
-            out.append({"config": config, "seconds": info["seconds"], **_metrics(r)})
+            out.append({"config": config, "seconds": info["seconds"],
+                        "trainable_parameters": info["trainable_parameters"], **_metrics(r)})
     return out

@@ -72,6 +72,7 @@ _phase = torch.profiler.record_function
 _HINT = "Lower `learning_rate` or `gradient_guidance`"
 _SOPHIA_INTERVAL = 10  # k of Sophia's Algorithm 3: steps between Hessian estimates (the paper's default)
 _FULL_MAX_ERROR = 1e-3  # relative error of the LoRA export of the "full" ablation's dense deltas
+_POOL_CHUNK = 32  # examples per no-grad base forward when the target pool is built (halved on out-of-memory)
 
 
 @contextlib.contextmanager
@@ -394,23 +395,42 @@ class _Pool:
     y: torch.Tensor
 
 
+def _in_chunks_that_fit(fn: Callable[[int], torch.Tensor], chunk: int) -> torch.Tensor:
+    """``fn(chunk)``, retried with half the chunk after an out-of-memory error (accelerate's
+    ``find_executable_batch_size``): the pool's no-grad chunks of 32 fit the shapes world and SD 1.5 at
+    512 px on most GPUs, but not every GPU at SDXL's 1024 px."""
+    from accelerate.utils import find_executable_batch_size
+
+    size = chunk
+
+    def halve() -> int:
+        nonlocal size
+        logger.warning("target pool: out of memory with %d examples per no-grad chunk; retrying with %d", size,
+                       size // 2)
+        size //= 2
+        return size
+
+    return find_executable_batch_size(fn, starting_batch_size=chunk, reduce_batch_size_fn=halve)()
+
+
 def _target_pools(base_eps: Callable, data: _Data, config: SemuConfig, *, progress: bool
                   ) -> tuple[_Pool, _Pool | None, float]:
     """The forget and retain pools of ``config.target_pool`` examples each, in no-grad chunks; and the
     forget loss's sign."""
-    g, n = data.g, config.target_pool
-    chunk = max(32, config.batch_size)
+    # never more examples than the steps can draw (a short run does not pay for a full pool)
+    g, n = data.g, min(config.target_pool, config.steps * config.batch_size)
     sign = 1.0
 
     def pool(x0, idx_t, teacher, desc: str) -> _Pool:
         idx = torch.randint(0, len(idx_t), (n,), generator=g)
         x_t, t, target = data.noised(x0, idx)
         rows = idx_t[idx]
-        ys = []
-        for lo in tqdm(range(0, n, chunk), desc=desc, disable=not progress, leave=False):
-            sl = slice(lo, lo + chunk)
-            ys.append(teacher(x_t[sl], t[sl], target[sl], rows[sl]))
-        return _Pool(x_t, t, target, rows, torch.cat(ys))
+
+        def teachers(chunk: int) -> torch.Tensor:
+            return torch.cat([teacher(x_t[lo:lo + chunk], t[lo:lo + chunk], target[lo:lo + chunk], rows[lo:lo + chunk])
+                              for lo in tqdm(range(0, n, chunk), desc=desc, disable=not progress, leave=False)])
+
+        return _Pool(x_t, t, target, rows, _in_chunks_that_fit(teachers, max(_POOL_CHUNK, config.batch_size)))
 
     def forget_teacher(x_t, t, target, rows):
         nonlocal sign
@@ -459,14 +479,15 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
     else:
         opt = torch.optim.Adam(params, lr=config.learning_rate)
     with _phase("semu: target pool"):
-        pools = _target_pools(base_eps, data, config, progress=progress) if config.target_pool else None
+        pools = (_target_pools(base_eps, data, config, progress=progress) if config.target_pool and config.steps
+                 else None)
     adversary = data.adversary
 
     def forget_batch():
         """``(x_t, t, target, rows, y, sign)``: a forget batch and its no-grad teacher (pool or fresh)."""
         if pools is not None:  # from the pool: no base forward in the step
             pool, sign = pools[0], pools[2]
-            b = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),), generator=g)
+            b = torch.randint(0, len(pool.t), (min(config.batch_size, len(pool.t)),), generator=g)
             return pool.x_t[b], pool.t[b], pool.target[b], pool.rows[b], pool.y[b], sign
         batch = torch.randint(0, n_f, (min(config.batch_size, n_f),), generator=g)
         x_t, t, target = data.noised(data.x0_f, batch)
@@ -480,7 +501,7 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
         c_r = data.retain[2]
         if pools is not None:
             pool = pools[1]
-            b = torch.randint(0, config.target_pool, (min(config.batch_size, config.target_pool),), generator=g)
+            b = torch.randint(0, len(pool.t), (min(config.batch_size, len(pool.t)),), generator=g)
             return pool.x_t[b], pool.t[b], c_r[pool.rows[b]], pool.y[b]
         x0_r, r_idx_t, _ = data.retain
         rb = torch.randint(0, len(r_idx_t), (min(config.batch_size, len(r_idx_t)),), generator=g)
