@@ -369,7 +369,7 @@ def run_one(spec: dict) -> dict:
             adapter = erase_with("semu", pipe, concept, progress=False, target_modules=patterns, steps=spec["steps"],
                                  num_forget_images=n_images, num_retain_images=n_images,
                                  sample_steps=spec["sample_steps"], batch_size=1, gradient_batches=n_images,
-                                 **options)
+                                 **{"target_pool": 0, **options})  # the control: a base forward every step
         finally:
             trainer.prompt_data, trainer.gradient_subspace, trainer.inject_ = gen, svd, inject
             trainer._target_pools = pools

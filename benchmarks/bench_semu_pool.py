@@ -3,7 +3,7 @@
     python benchmarks/bench_semu_pool.py [--concepts no-red no-circle no-striped] [--pool 256] [--seed 0]
 
 Each test concept is erased with SEMU's tuned configuration (``benchmarks/results/tuning.json``)
-three times in one process — the default (a base forward every step), ``target_pool=N`` (the base
+three times in one process — without the pool (``target_pool=0``: a base forward every step), ``target_pool=N`` (the base
 model's targets computed once for N noised forget and N retain examples), and the pool with the rank
 budget ``max_trainable_fraction`` (0.5% of the UNet by default) — and ESD-x at its tuned
 configuration once per concept, so the times are ratios inside one run. Each adapter is scored on the
@@ -41,7 +41,7 @@ def main() -> None:
     torch.manual_seed(0)
     pipe, model = world.load_pipeline(), world.load_classifier()
     tuning = load_tuning()["methods"]
-    runs = [("semu", {}), ("semu", {"target_pool": args.pool}),
+    runs = [("semu", {"target_pool": 0}), ("semu", {"target_pool": args.pool}),
             ("semu", {"target_pool": args.pool, "max_trainable_fraction": args.budget}), ("esd-x", {})]
     rows = []
     for name in args.concepts:

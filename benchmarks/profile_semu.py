@@ -62,7 +62,7 @@ def main() -> None:
     torch.manual_seed(0)
     pipe = world.load_pipeline()
     tuned = dict(load_tuning()["methods"]["semu"]["chosen"])
-    variants = {"as tuned": {}, f"target_pool={args.pool}": {"target_pool": args.pool},
+    variants = {"as tuned, no pool": {"target_pool": 0}, f"target_pool={args.pool}": {"target_pool": args.pool},
                 f"robust (adversarial, target_pool={args.pool})": {"target_pool": args.pool, "adversarial": True}}
     rows = {}
     for name, extra in variants.items():

@@ -90,6 +90,21 @@ def test_no_code_off_reproduces_the_base_with_codebook_exactly(tiny_pipe, tiny_c
     assert np.array_equal(tiny_images(tiny_pipe), base)
 
 
+def test_info_describes_a_codebook_erasure(tiny_pipe, tiny_codebook, tmp_path, capsys):
+    import json
+
+    from concept_erase.cli import main
+
+    path, _ = tiny_codebook
+    edit = erase_with("codebook", tiny_pipe, "no-red", progress=False, codebook=str(path), num_codes=4)
+    saved = edit.save(tmp_path / "no-red.codebook.safetensors")
+    assert main(["info", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "codebook bottleneck, not a LoRA" in out and f"switched off  {len(edit.off)} codes" in out
+    assert main(["info", str(saved), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "codebook"
+
+
 def test_codebook_bad_inputs(tiny_pipe, tiny_codebook, tmp_path):
     path, book = tiny_codebook
     with pytest.raises(WeightsNotFoundError, match="codebook train"):
