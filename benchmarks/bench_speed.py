@@ -1,6 +1,6 @@
 """Erase time at equal forgetting: a fast SEMU against ESD-x, each given the same speed search.
 
-    python benchmarks/bench_speed.py                    # dev search, then the test concepts (about 25 min)
+    python benchmarks/bench_speed.py                    # dev search, then the test concepts (19 min measured)
     python benchmarks/bench_speed.py --seeds 0          # one seed on the test concepts
 
 The benchmark's tuning (``benchmarks/results/tuning.json``) picks each method's configuration by

@@ -79,8 +79,10 @@ class SemuConfig(Config):
     # depends only on the frozen base and the noised latents: with a pool, it is computed once for
     # `target_pool` noised forget examples (and as many retain ones) in no-grad chunks of 32 (halved
     # on out-of-memory), and the training steps draw their batches from the pool, with no base forward
-    # per step. 0: one base forward per step on freshly noised latents. On the shapes world the pool
-    # of 256 erases as well as fresh latents (3 seeds, held-out prompts) at about half the time.
+    # per step; never more examples than the steps draw (steps x batch_size). 0: one base forward per
+    # step on freshly noised latents. On the shapes world (3 seeds, held-out prompts) the pool of 256
+    # erases within the intervals of fresh latents, its point estimates the same or a little worse,
+    # and a default erase takes 0.75x the time (README, "SEMU, as implemented").
     target_pool: int = setting(256, "SEMU: precompute the base model's targets for this many noised examples and "
                                     "train on them (0: a base forward every step)")
     # Robust SEMU (AdvUnlearn, arXiv 2405.15234, moved into SEMU's subspace; methods/semu/adversarial.py):
