@@ -78,8 +78,9 @@ def main() -> None:
     chosen = dev["search"][dev["chosen_index"]]["config"]
     atomic_write_json(Path(args.out), report.jsonable(result))
     sizes = HEADLINE.to_dict()
-    rows, lines = [], ["| concept | variant | forget ↓ | paraphrase ↓ | retain acc ↑ | Δ retain vs SEMU | erase s | "
-                       "trainable |", "|---|---|---|---|---|---|---:|---:|"]
+    header = ("| concept | variant | forget ↓ | paraphrase ↓ | retain acc ↑ | Δ retain vs SEMU | erase s | "
+              "trainable |")
+    rows, lines = [], [header, "|---|---|---|---|---|---|---:|---:|"]
     for concept in args.concepts:
         base = _run(jobs.base_job, concept, args.seeds, sizes)
         pair = {}

@@ -191,8 +191,9 @@ def _robustness(pipe, model, concept, path, budget: dict, b: dict) -> dict:
     attack_prompts = b["attack_prompts"]
     pipe.load_unlearning_adapter(str(path), adapter_name="bench")
     try:
-        attack = adversarial_attack(pipe, clf, attack_prompts, [b["x_attack"][i : i + 1] for i in range(len(attack_prompts))],
-                                    target, config=attack_cfg, call_kwargs=dict(world.SAMPLING))
+        latents = [b["x_attack"][i : i + 1] for i in range(len(attack_prompts))]
+        attack = adversarial_attack(pipe, clf, attack_prompts, latents, target, config=attack_cfg,
+                                    call_kwargs=dict(world.SAMPLING))
         relearn = relearning_attack(pipe, clf, b["relearn_latents"], b["relearn_embeddings"], b["relearn_eval_prompts"],
                                     b["relearn_eval_seeds"], target, base_rate=b["relearn_base_rate"],
                                     config=RelearnConfig(**budget["relearn"]), call_kwargs=dict(world.SAMPLING))
