@@ -22,12 +22,10 @@ import numpy as np
 from concept_erase._io import atomic_write_json
 from concept_erase.bench import _run, jobs, load_tuning, report
 from concept_erase.bench.protocol import DEV_CONCEPTS, TUNING
+from concept_erase.bench.report import pct
 
 OUT = Path(__file__).parent / "results" / "pool_size.json"
 
-
-def _pct(s: dict) -> str:
-    return f"{100 * s['mean']:.1f} [{100 * s['lo']:.0f}, {100 * s['hi']:.0f}]"
 
 
 def main() -> None:
@@ -50,7 +48,7 @@ def main() -> None:
             row["pool"] = pool
             rows.append(row)
             s, b = row["summary"], row["base_summary"]
-            lines.append(f"| {concept} | {pool} | {_pct(s['forget'])} | {_pct(s['paraphrase'])} | {_pct(s['retain'])} "
+            lines.append(f"| {concept} | {pool} | {pct(s['forget'])} | {pct(s['paraphrase'])} | {pct(s['retain'])} "
                          f"({100 * b['retain']['mean']:.1f}) | {row['seconds']:.1f} |")
             print(lines[-1], flush=True)
             atomic_write_json(Path(args.out), report.jsonable(

@@ -40,6 +40,7 @@ from concept_erase._io import atomic_write_json
 from concept_erase.adapter import UnlearningAdapter
 from concept_erase.bench import _run, jobs, load_tuning, report
 from concept_erase.bench.protocol import DEV_CONCEPTS, HEADLINE, TEST_CONCEPTS
+from concept_erase.bench.report import pct
 from concept_erase.bench.stats import summarize
 from concept_erase.evaluation.adversarial import AttackConfig
 
@@ -70,9 +71,6 @@ def _robust_summary(row: dict) -> dict | None:
             "membership_auc_base": next(iter(per.values()))["membership_auc_base"]}
 
 
-def _pct(s: dict) -> str:
-    return f"{100 * s['mean']:.1f} [{100 * s['lo']:.0f}, {100 * s['hi']:.0f}]"
-
 
 def table(rows: list[dict]) -> str:
     out = ["| concept | variant | forget ↓ | paraphrase ↓ | retain acc ↑ | specificity ↑ | attack success ↓ "
@@ -83,13 +81,13 @@ def table(rows: list[dict]) -> str:
         s, rob = r["summary"], r.get("robust_summary")
         attack = relearn = "–"
         if rob:
-            attack = f"{_pct(rob['attack_success'])} ({100 * rob['attack_success_no_attack']['mean']:.0f}%)"
+            attack = f"{pct(rob['attack_success'])} ({100 * rob['attack_success_no_attack']['mean']:.0f}%)"
             relearn = ", ".join(str(x) if x is not None else f"> {rob['relearn_cap']}" for x in rob["relearn_steps"])
         ratio = f"{r['seconds']:.1f} (×{r['seconds'] / esd[r['concept']]:.2f})" if esd.get(r["concept"]) else \
             f"{r['seconds']:.1f}"
-        spec = _pct(s["specificity"]) if "specificity" in s else "–"
-        out.append(f"| {r['concept']} | {r['variant']} | {_pct(s['forget'])} | {_pct(s['paraphrase'])} | "
-                   f"{_pct(s['retain'])} | {spec} | {attack} | {relearn} | {ratio} | "
+        spec = pct(s["specificity"]) if "specificity" in s else "–"
+        out.append(f"| {r['concept']} | {r['variant']} | {pct(s['forget'])} | {pct(s['paraphrase'])} | "
+                   f"{pct(s['retain'])} | {spec} | {attack} | {relearn} | {ratio} | "
                    f"{r['trainable_parameters']:,} ({100 * r['trainable_fraction']:.2f}%) |")
     return "\n".join(out)
 
@@ -105,20 +103,20 @@ def _evaluation(row: dict, seeds: list[int]) -> dict:
     def own(rate):
         return "–" if rate is None else f"{100 * rate:.1f}"
 
-    mean = {"forget ↓": _pct(s["forget"]), "paraphrase ↓": _pct(s["paraphrase"]),
-            "retain accuracy ↑": _pct(s["retain"]), "specificity ↑": _pct(s["specificity"]) if "specificity" in s
+    mean = {"forget ↓": pct(s["forget"]), "paraphrase ↓": pct(s["paraphrase"]),
+            "retain accuracy ↑": pct(s["retain"]), "specificity ↑": pct(s["specificity"]) if "specificity" in s
             else "–"}
     this = {"forget ↓": own(m["forget"]["concept_rate"]), "paraphrase ↓": own(m["paraphrase"]["concept_rate"]),
             "retain accuracy ↑": own(m["retain"]["accuracy"]), "specificity ↑": own(first["specificity"]["rate"])}
     if rob and first_rob:
-        mean["attack success ↓"] = _pct(rob["attack_success"])
+        mean["attack success ↓"] = pct(rob["attack_success"])
         mean["relearn steps ↑"] = ", ".join(cap if x is None else str(x) for x in rob["relearn_steps"])
         this["attack success ↓"] = own(first_rob["attack_success_rate"])
         steps = first_rob["relearn_steps_to_recover"]
         this["relearn steps ↑"] = cap if steps is None else str(steps)
     return {
-        "base model": {"forget ↓": _pct(b["forget"]), "paraphrase ↓": _pct(b["paraphrase"]),
-                       "retain accuracy ↑": _pct(b["retain"])},
+        "base model": {"forget ↓": pct(b["forget"]), "paraphrase ↓": pct(b["paraphrase"]),
+                       "retain accuracy ↑": pct(b["retain"])},
         f"{row['variant']}, mean [95% interval] over seeds {', '.join(map(str, seeds))}": mean,
         f"this file (seed {seeds[0]})": this,
         "prompts per seed": {"forget ↓": m["forget"]["n"], "paraphrase ↓": m["paraphrase"]["n"],

@@ -28,6 +28,7 @@ import numpy as np
 from concept_erase._io import atomic_write_json
 from concept_erase.bench import _run, jobs, load_tuning, report, search
 from concept_erase.bench.protocol import DEV_CONCEPTS, HEADLINE, TEST_CONCEPTS, TUNING
+from concept_erase.bench.report import pct
 from concept_erase.bench.stats import t_interval
 
 OUT = Path(__file__).parent / "results" / "semu_simu.json"
@@ -47,11 +48,8 @@ def dev_search(semu: dict) -> dict:
     summary = []
     for i, config in enumerate(configs):
         runs = [pc[i] for pc in per_concept]
-        summary.append({"config": config, "forget": float(np.mean([r["forget"]["concept_rate"] for r in runs])),
-                        "paraphrase": float(np.mean([r["paraphrase"]["concept_rate"] for r in runs])),
-                        "retain": float(np.mean([r["retain"]["accuracy"] for r in runs])),
-                        "seconds": float(np.mean([r["seconds"] for r in runs])),
-                        "trainable_parameters": [r.get("trainable_parameters") for r in runs],
+        summary.append({"config": config, **search.mean_over_concepts(runs),
+                        "trainable_parameters": [r["trainable_parameters"] for r in runs],
                         "per_concept": dict(zip(DEV_CONCEPTS, runs))})
         s = summary[-1]
         print(f"dev {GRID[i]}: forget {s['forget']:.2f} paraphrase {s['paraphrase']:.2f} retain {s['retain']:.3f} "
@@ -60,9 +58,6 @@ def dev_search(semu: dict) -> dict:
     return {"base_retain": base_retain, "search": summary, "chosen_index": best, "feasible": feasible,
             "rule": search.SELECTION_RULE}
 
-
-def _pct(s: dict) -> str:
-    return f"{100 * s['mean']:.1f} [{100 * s['lo']:.0f}, {100 * s['hi']:.0f}]"
 
 
 def main() -> None:
@@ -96,7 +91,7 @@ def main() -> None:
         for name, row in pair.items():
             s, d = row["summary"], row.get("retain_difference")
             delta = f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]" if d else "–"
-            lines.append(f"| {concept} | {name} | {_pct(s['forget'])} | {_pct(s['paraphrase'])} | {_pct(s['retain'])} "
+            lines.append(f"| {concept} | {name} | {pct(s['forget'])} | {pct(s['paraphrase'])} | {pct(s['retain'])} "
                          f"| {delta} | {row['seconds']:.1f} | {row['trainable_parameters']:,} |")
         print("\n".join(lines[-2:]), flush=True)
         result.update(rows=rows, seconds=time.perf_counter() - start)

@@ -35,6 +35,7 @@ import numpy as np
 from concept_erase._io import atomic_write_json
 from concept_erase.bench import _run, jobs, load_tuning, report, search
 from concept_erase.bench.protocol import DEV_CONCEPTS, HEADLINE, TEST_CONCEPTS, TUNING
+from concept_erase.bench.report import pct
 
 OUT = Path(__file__).parent / "results" / "speed.json"
 
@@ -58,14 +59,6 @@ RULE = ("the fastest configuration (mean erase time over the dev concepts, same 
         "most that of ESD-x's tuned configuration in the same run")
 
 
-def _mean(results: list[dict]) -> dict:
-    """Per-concept tune_job results of one configuration -> mean rates and seconds over the concepts."""
-    return {"forget": float(np.mean([r["forget"]["concept_rate"] for r in results])),
-            "paraphrase": float(np.mean([r["paraphrase"]["concept_rate"] for r in results])),
-            "retain": float(np.mean([r["retain"]["accuracy"] for r in results])),
-            "seconds": float(np.mean([r["seconds"] for r in results]))}
-
-
 def dev_search(tuned: dict) -> dict:
     """Every speed grid, and ESD-x's tuned configuration (the bar), on every dev concept."""
     sizes = TUNING.to_dict()
@@ -75,7 +68,7 @@ def dev_search(tuned: dict) -> dict:
     found = {}
     for name, (method, grid) in grids.items():
         per_concept = [_run(jobs.tune_job, method, c, grid, sizes, {}) for c in DEV_CONCEPTS]
-        found[name] = [{"config": config, **_mean([pc[i] for pc in per_concept]),
+        found[name] = [{"config": config, **search.mean_over_concepts([pc[i] for pc in per_concept]),
                         "per_concept": {c: pc[i] for c, pc in zip(DEV_CONCEPTS, per_concept)}}
                        for i, config in enumerate(grid)]
         for r in found[name]:
@@ -91,9 +84,6 @@ def dev_search(tuned: dict) -> dict:
     return {"base_retain": base_retain, "bar": bar, "search": found, "chosen": chosen, "rule": RULE}
 
 
-def _pct(s: dict) -> str:
-    return f"{100 * s['mean']:.1f} [{100 * s['lo']:.0f}, {100 * s['hi']:.0f}]"
-
 
 def table(rows: list[dict]) -> str:
     out = ["| concept | variant | forget ↓ | paraphrase ↓ | retain acc ↑ (base) | erase s | × ESD-x tuned |",
@@ -101,8 +91,8 @@ def table(rows: list[dict]) -> str:
     ref = {r["concept"]: r["seconds"] for r in rows if r["variant"] == "esd-x tuned"}
     for r in rows:
         s, b = r["summary"], r["base_summary"]
-        out.append(f"| {r['concept']} | {r['variant']} | {_pct(s['forget'])} | {_pct(s['paraphrase'])} | "
-                   f"{_pct(s['retain'])} ({100 * b['retain']['mean']:.1f}) | {r['seconds']:.1f} | "
+        out.append(f"| {r['concept']} | {r['variant']} | {pct(s['forget'])} | {pct(s['paraphrase'])} | "
+                   f"{pct(s['retain'])} ({100 * b['retain']['mean']:.1f}) | {r['seconds']:.1f} | "
                    f"{r['seconds'] / ref[r['concept']]:.2f} |")
     return "\n".join(out)
 

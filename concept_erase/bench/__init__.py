@@ -94,10 +94,7 @@ def run_tuning(out: str | Path = DEFAULT_TUNING, *, quick: bool = False, methods
         summary = []
         for i, config in enumerate(grids[m]):
             runs = [found[m][j][i] for j in range(len(concepts))]
-            summary.append({"config": config, "forget": float(np.mean([r["forget"]["concept_rate"] for r in runs])),
-                            "paraphrase": float(np.mean([r["paraphrase"]["concept_rate"] for r in runs])),
-                            "retain": float(np.mean([r["retain"]["accuracy"] for r in runs])),
-                            "seconds": float(np.mean([r["seconds"] for r in runs])),
+            summary.append({"config": config, **search.mean_over_concepts(runs),
                             "per_concept": {c: {k: r[k] for k in ("forget", "paraphrase", "retain", "seconds")}
                                             for c, r in zip(concepts, runs)}})
         best, feasible = search.select(summary, base_retain)

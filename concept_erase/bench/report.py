@@ -30,8 +30,8 @@ from .jobs import fid_kid
 from .protocol import DEV_CONCEPTS, PROTOCOL_SEED
 from .stats import summarize
 
-__all__ = ["SCHEMA", "protocol_summary", "summarize_row", "add_ratios", "markdown", "plot_curves", "jsonable",
-           "FORGET_TARGET", "render"]
+__all__ = ["SCHEMA", "pct", "protocol_summary", "summarize_row", "add_ratios", "markdown", "plot_curves",
+           "jsonable", "FORGET_TARGET", "render"]
 logger = logging.getLogger(__name__)
 
 SCHEMA = 1
@@ -103,7 +103,8 @@ def matched_point(curve: list[dict], target: float = FORGET_TARGET) -> dict | No
 
 
 # ---------------------------------------------------------------- Markdown
-def _pct(s: dict) -> str:
+def pct(s: dict) -> str:
+    """A summarized rate as ``mean [lo, hi]`` in percent (``stats.summarize``'s output)."""
     return f"{100 * s['mean']:.1f} [{100 * s['lo']:.0f}, {100 * s['hi']:.0f}]"
 
 
@@ -124,14 +125,14 @@ def markdown(data: dict) -> str:
         if not rows:
             continue
         b = rows[0]["base_summary"]
-        lines += [f"**{c}** (base model: forget {_pct(b['forget'])}, paraphrase {_pct(b['paraphrase'])}, "
-                  f"retain {_pct(b['retain'])})", "", head, "|" + "---|" * 12]
+        lines += [f"**{c}** (base model: forget {pct(b['forget'])}, paraphrase {pct(b['paraphrase'])}, "
+                  f"retain {pct(b['retain'])})", "", head, "|" + "---|" * 12]
         for r in rows:
             s, fk = r["summary"], r["fid_kid"]
             ratio = f" (×{r['time_ratio_to_semu']:.2f})" if r.get("time_ratio_to_semu") is not None else ""
-            spec = _pct(s["specificity"]) if "specificity" in s else "–"
-            lines.append(f"| {c} | {r['method']} | {_pct(s['forget'])} | {_pct(s['paraphrase'])} | {_pct(s['kept'])} | "
-                         f"{_pct(s['retain'])} | {spec} | {fk['fid']:.2f} | {fk['kid']:.2f} | "
+            spec = pct(s["specificity"]) if "specificity" in s else "–"
+            lines.append(f"| {c} | {r['method']} | {pct(s['forget'])} | {pct(s['paraphrase'])} | {pct(s['kept'])} | "
+                         f"{pct(s['retain'])} | {spec} | {fk['fid']:.2f} | {fk['kid']:.2f} | "
                          f"{r['seconds']:.1f}{ratio} | {_mib(r['peak_memory_mib'])} | "
                          f"{r['trainable_parameters']:,} ({r['trainable_fraction']:.2%}) |")
         lines.append("")
@@ -174,7 +175,7 @@ def markdown(data: dict) -> str:
             x = r["robustness"]
             steps = x["relearn_steps_to_recover"]
             steps = f"{steps}" if steps is not None else f"> {x['relearn_max_steps']}"
-            lines.append(f"| {r['concept']} | {r['method']} | {_pct(r['summary']['paraphrase'])} | "
+            lines.append(f"| {r['concept']} | {r['method']} | {pct(r['summary']['paraphrase'])} | "
                          f"{100 * x['attack_success_rate']:.0f}% ({100 * x['attack_success_no_attack']:.0f}%) of "
                          f"{x['attack_prompts']} | {steps} | {x['membership_auc']:.2f} ({x['membership_auc_base']:.2f}) |")
         lines.append("")
@@ -188,7 +189,7 @@ def markdown(data: dict) -> str:
                 [(a["variant"], a) for a in data["ablations"] if a["concept"] == c]
             for name, r in rows:
                 s = _seed0(r) if r is semu.get(c) else r["summary"]
-                lines.append(f"| {c} | {name} | {_pct(s['forget'])} | {_pct(s['paraphrase'])} | {_pct(s['retain'])} | "
+                lines.append(f"| {c} | {name} | {pct(s['forget'])} | {pct(s['paraphrase'])} | {pct(s['retain'])} | "
                              f"{r['fid_kid']['fid']:.2f} | {r['seconds']:.1f} | {r['trainable_parameters']:,} |")
         lines.append("")
     lines.append(f"Total wall time: {data['timing'].get('total_seconds', 0) / 60:.1f} min.")

@@ -13,7 +13,10 @@ weight): one knob for every method, applied to the configuration the search chos
 
 from __future__ import annotations
 
-__all__ = ["SEARCH_SIZE", "GRIDS", "CURVE_SCALES", "QUICK_SETTINGS", "RETAIN_TOLERANCE", "SELECTION_RULE", "select"]
+import numpy as np
+
+__all__ = ["SEARCH_SIZE", "GRIDS", "CURVE_SCALES", "QUICK_SETTINGS", "RETAIN_TOLERANCE", "SELECTION_RULE", "select",
+           "mean_over_concepts"]
 
 SEARCH_SIZE = 4
 CURVE_SCALES = (0.25, 0.5, 0.75, 1.0, 1.5)
@@ -59,6 +62,15 @@ SELECTION_RULE = (
     "paraphrase rate (ties: higher retain accuracy, then less erase time). If none qualifies, the one with "
     "the highest retain accuracy, marked infeasible."
 )
+
+
+def mean_over_concepts(runs: list[dict]) -> dict:
+    """One configuration's ``jobs.tune_job`` results on several concepts -> what :func:`select` compares:
+    the mean ``forget`` and ``paraphrase`` concept rates, ``retain`` accuracy and erase ``seconds``."""
+    return {"forget": float(np.mean([r["forget"]["concept_rate"] for r in runs])),
+            "paraphrase": float(np.mean([r["paraphrase"]["concept_rate"] for r in runs])),
+            "retain": float(np.mean([r["retain"]["accuracy"] for r in runs])),
+            "seconds": float(np.mean([r["seconds"] for r in runs]))}
 
 
 def select(results: list[dict], base_retain: float) -> tuple[int, bool]:

@@ -415,9 +415,9 @@ def _in_chunks_that_fit(fn: Callable[[int], torch.Tensor], chunk: int) -> torch.
 
 def _target_pools(base_eps: Callable, data: _Data, config: SemuConfig, *, progress: bool
                   ) -> tuple[_Pool, _Pool | None, float]:
-    """The forget and retain pools of ``config.target_pool`` examples each, in no-grad chunks; and the
-    forget loss's sign."""
-    # never more examples than the steps can draw (a short run does not pay for a full pool)
+    """The forget and retain pools, in no-grad chunks, and the forget loss's sign. Each pool holds
+    ``config.target_pool`` examples, or as many as the steps draw (steps × batch size) when that is
+    fewer: a short run does not pay for a full pool."""
     g, n = data.g, min(config.target_pool, config.steps * config.batch_size)
     sign = 1.0
 
