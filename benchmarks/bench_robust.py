@@ -12,6 +12,8 @@ configurations of ``benchmarks/results/tuning.json`` (chosen on the dev concepts
 - ``semu-robust``: the same plus ``adversarial=True`` at robust SEMU's defaults, which won its search
   on the dev concept ``no-blue`` (4 configurations, seed 0: ``benchmarks/results/robust_dev.json``;
   ``--robust KEY=VALUE`` sets others);
+- ``semu-null``: SEMU's tuned configuration with the null-space constraint at the share its own dev
+  search chose (``benchmarks/bench_semu_null.py``, ``benchmarks/results/semu_null.json``);
 - ``esd-x``: ESD-x's tuned configuration (erase time and held-out rates, for the time ratio).
 
 For every seed: erase, then the held-out forget / paraphrase / retain rates, specificity and FID/KID
@@ -50,10 +52,24 @@ BUDGET = {**jobs.ROBUSTNESS, "attack": AttackConfig().to_dict()}
 ROBUST: tuple[str, ...] = ()  # robust SEMU's settings beyond adversarial=True (its defaults when empty)
 
 
-def _variants(tuning: dict, pool: int, robust: dict, plain: dict) -> dict:
+NULL_SPACE = Path(__file__).parent / "results" / "semu_null.json"
+
+
+def _null_space_choice() -> dict:
+    """The null-space variant's settings beyond SEMU's tuned ones, as its dev search chose them."""
+    if not NULL_SPACE.is_file():
+        raise SystemExit(f"The semu-null variant needs {NULL_SPACE.name}: run benchmarks/bench_semu_null.py first.")
+    data = json.loads(NULL_SPACE.read_text(encoding="utf-8"))
+    return {k: v for k, v in data["chosen"].items() if data["semu"].get(k) != v}
+
+
+def _variants(tuning: dict, pool: int, robust: dict, plain: dict, names: list[str]) -> dict:
     semu = {**tuning["semu"]["chosen"], "target_pool": pool, **plain}
-    return {"semu": ("semu", semu, True), "semu-robust": ("semu", {**semu, "adversarial": True, **robust}, True),
-            "esd-x": ("esd-x", dict(tuning["esd-x"]["chosen"]), False)}
+    variants = {"semu": ("semu", semu, True), "semu-robust": ("semu", {**semu, "adversarial": True, **robust}, True),
+                "esd-x": ("esd-x", dict(tuning["esd-x"]["chosen"]), False)}
+    if "semu-null" in names:
+        variants["semu-null"] = ("semu", {**semu, **_null_space_choice()}, True)
+    return variants
 
 
 def _robust_summary(row: dict) -> dict | None:
@@ -167,7 +183,10 @@ def main() -> None:
     def settings(items):
         return {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
 
-    variants = _variants(tuning, args.pool, settings(args.robust), settings(args.semu))
+    unknown = [v for v in args.variants if v not in ("semu", "semu-robust", "semu-null", "esd-x")]
+    if unknown:
+        raise SystemExit(f"Unknown variants {unknown}: choose from semu, semu-robust, semu-null, esd-x.")
+    variants = _variants(tuning, args.pool, settings(args.robust), settings(args.semu), args.variants)
     sizes = HEADLINE.to_dict()
     start = time.perf_counter()
     rows = []

@@ -39,11 +39,13 @@ GRID = [dict(mask="simu", mask_kind="dual", mask_threshold=0.3),  # the paper's 
 assert len(GRID) == search.SEARCH_SIZE
 
 
-def dev_search(semu: dict) -> dict:
+def dev_search(semu: dict, grid: list[dict] = GRID) -> dict:
+    """``grid`` on top of SEMU's tuned ``semu`` settings, on every dev concept (seed 0), and the
+    benchmark's rule's choice."""
     sizes = TUNING.to_dict()
     base_retain = float(np.mean([_run(jobs.base_job, c, [0], sizes)["per_seed"][0]["metrics"]["retain"]["accuracy"]
                                  for c in DEV_CONCEPTS]))
-    configs = [{**semu, **g} for g in GRID]
+    configs = [{**semu, **g} for g in grid]
     per_concept = [_run(jobs.tune_job, "semu", c, configs, sizes, {}) for c in DEV_CONCEPTS]
     summary = []
     for i, config in enumerate(configs):
@@ -52,12 +54,11 @@ def dev_search(semu: dict) -> dict:
                         "trainable_parameters": [r["trainable_parameters"] for r in runs],
                         "per_concept": dict(zip(DEV_CONCEPTS, runs))})
         s = summary[-1]
-        print(f"dev {GRID[i]}: forget {s['forget']:.2f} paraphrase {s['paraphrase']:.2f} retain {s['retain']:.3f} "
+        print(f"dev {grid[i]}: forget {s['forget']:.2f} paraphrase {s['paraphrase']:.2f} retain {s['retain']:.3f} "
               f"{s['seconds']:.1f} s", flush=True)
     best, feasible = search.select(summary, base_retain)
     return {"base_retain": base_retain, "search": summary, "chosen_index": best, "feasible": feasible,
             "rule": search.SELECTION_RULE}
-
 
 
 def main() -> None:

@@ -95,16 +95,25 @@ def fid_kid(real: np.ndarray, fake: np.ndarray) -> dict:
     return result
 
 
-def specificity(prompts: list[str], attributes: list[list[str]], base_attributes: list[list[str]]) -> dict:
+def specificity(prompts: list[str], attributes: list[list[str]], base_attributes: list[list[str]],
+                erased: dict[str, str] | None = None) -> dict:
     """Share of retain images whose attributes the prompt does not name (the background of "a blue
-    circle") match the base model's image at the same seed."""
-    hits = []
+    circle") match the base model's image at the same seed.
+
+    ``erased`` is the concept's target (``{"background": "striped"}``): where the base image shows it in
+    an unnamed attribute (a striped background the prompt did not ask for), a change of that attribute
+    is the erasure working, not collateral damage, so it is not compared (``excluded`` counts those);
+    the image's other unnamed attributes still are."""
+    erased = erased or {}
+    hits, excluded = [], 0
     for prompt, mine, base in zip(prompts, attributes, base_attributes):
         named = parse_prompt(prompt, strict=False)
         unnamed = [i for i, k in enumerate(ATTRIBUTES) if getattr(named, k) is None]
-        if unnamed:
-            hits.append(all(mine[i] == base[i] for i in unnamed))
-    return {"rate": float(np.mean(hits)) if hits else None, "n": len(hits)}
+        compared = [i for i in unnamed if erased.get(ATTRIBUTES[i]) != base[i]]
+        excluded += len(unnamed) - len(compared)
+        if compared:
+            hits.append(all(mine[i] == base[i] for i in compared))
+    return {"rate": float(np.mean(hits)) if hits else None, "n": len(hits), "excluded": excluded}
 
 
 def _metrics(result: dict) -> dict:
@@ -252,7 +261,7 @@ def method_job(method: str, concept_name: str, overrides: dict, seeds: list[int]
             if seed == seeds[0]:
                 first = r
             b = base["per_seed"][seed]
-            spec = specificity(sets["retain"], r["retain_attributes"], b["retain_attributes"])
+            spec = specificity(sets["retain"], r["retain_attributes"], b["retain_attributes"], concept.target)
             features.append(r["retain_features"])
             per_seed[seed] = {**info, "metrics": _metrics(r), "specificity": spec}
             lap("evaluate")

@@ -48,6 +48,15 @@ class SemuConfig(Config):
     max_trainable_fraction: float | None = setting(None, "SEMU: budget on the trained share of the UNet "
                                                          "(e.g. 0.005); γ's directions are cut to fit it")
     project: bool = setting(True, "SEMU: project the gradient perpendicular to the weight before the SVD")
+    # Null-space constraint (AlphaEdit, arXiv 2410.02355; SPEED, arXiv 2503.07392): on the cross-attention
+    # key/value layers, which see only the text encoder's outputs, remove from the forget gradient the
+    # principal directions holding this share of the energy of the retain prompts' and the empty
+    # prompt's embeddings, so that U_r R V_rᵀ maps those embeddings (nearly) to zero: the retain prompts
+    # and the unconditional branch of guidance are denoised as by the base model whatever R learns.
+    # None: off (plain SEMU).
+    null_space: float | None = setting(None, "SEMU: keep cross-attention k/v updates off the principal directions "
+                                             "holding this share of the retain and empty prompts' embedding energy "
+                                             "(e.g. 0.99)")
     # Forget gradient: "guided_ascent" is the loss of the official SEMU Stable Diffusion code.
     gradient_loss: str = setting("guided_ascent", "SEMU: loss whose gradient spans the subspace",
                                  choices=tuple(GRADIENT_LOSSES))
@@ -135,6 +144,8 @@ class SemuConfig(Config):
             check_int(self, "max_rank")
         if self.max_trainable_fraction is not None:
             check_fraction(self, "max_trainable_fraction")
+        if self.null_space is not None:
+            check_fraction(self, "null_space", high_open=True)
         check_choice(self, "objective", tuple(OBJECTIVES))
         check_choice(self, "gradient_loss", tuple(GRADIENT_LOSSES))
         check_number(self, "learning_rate")
@@ -155,6 +166,11 @@ class SemuConfig(Config):
             raise InvalidConfigError(
                 f"`subspace` {self.subspace!r} only applies to parametrization 'semu' (U_r R V_rᵀ); parametrization "
                 f"{self.parametrization!r} has no subspace. Use subspace='gradient' with it.")
+        if self.null_space is not None and (self.parametrization != "semu" or self.subspace != "gradient"):
+            raise InvalidConfigError(
+                f"`null_space` {self.null_space!r} constrains SEMU's gradient subspace, so it needs "
+                f"parametrization='semu' and subspace='gradient', not parametrization={self.parametrization!r}, "
+                f"subspace={self.subspace!r}. Use null_space=None for the ablations.")
         if self.mask != "none" and (self.parametrization != "semu" or self.subspace != "gradient"):
             raise InvalidConfigError(
                 f"`mask` {self.mask!r} (SEMU x SIMU) restricts SEMU's gradient subspace, so it needs "

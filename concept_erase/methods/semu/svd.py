@@ -1,7 +1,15 @@
 """SEMU's subspace: project the forget gradient perpendicular to the weight, then keep the top
 singular directions by explained variance ("SEMU: Singular Value Decomposition for Efficient Machine
 Unlearning", arXiv 2502.07587, eq. 4-6). ``random_subspace`` is the ablation that replaces those
-directions by random orthonormal ones of the same rank."""
+directions by random orthonormal ones of the same rank.
+
+``preserved_basis`` and the ``keep_off`` argument of ``gradient_subspace`` are an option on top of SEMU:
+the null-space constraint of model editing ("AlphaEdit: Null-Space Constrained Knowledge Editing for
+Language Models", arXiv 2410.02355, eq. 4-5; for concept erasure, "SPEED: Scalable, Precise, and
+Efficient Concept Erasure for Diffusion Models", arXiv 2503.07392, which also preserves the empty
+prompt). A cross-attention key/value layer sees only the text encoder's outputs, so when every
+adapted direction V_r is orthogonal to the embeddings of the prompts to keep, U_r R V_rᵀ c = 0 for
+them whatever R becomes: those prompts are denoised exactly as by the base model."""
 
 from __future__ import annotations
 
@@ -9,7 +17,8 @@ import torch
 
 from ...errors import InvalidConfigError
 
-__all__ = ["as_matrix", "project_perpendicular", "select_rank", "gradient_subspace", "random_subspace"]
+__all__ = ["as_matrix", "project_perpendicular", "select_rank", "gradient_subspace", "random_subspace",
+           "preserved_basis"]
 
 
 def as_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -52,12 +61,15 @@ def select_rank(singular_values: torch.Tensor, gamma: float) -> int:
 
 
 def gradient_subspace(grad: torch.Tensor, weight: torch.Tensor, gamma: float, *, max_rank: int | None = None,
-                      project: bool = True, row_mask: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      project: bool = True, row_mask: torch.Tensor | None = None,
+                      keep_off: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``U_r (out, r)``, ``S_r (r,)``, ``V_r (in·k, r)`` of the (projected) gradient of one layer.
 
     ``row_mask`` (``(out,)`` bool, SEMU x SIMU) keeps only those rows of the projected gradient, and
     U_r is exactly zero outside them, so the adapter U_r R V_rᵀ changes no other output neuron.
+    ``keep_off`` (``(in, k)`` orthonormal, from :func:`preserved_basis`) removes those input directions
+    from the gradient after every other projection, so V_r ⟂ ``keep_off`` and the adapter maps every
+    input in its span to zero.
     Works on one layer at a time in float64 on the gradient's device; nothing but the factors is kept.
     The factors are float32 (or the weight's dtype when it is wider): they become trainable SEMU layers.
     """
@@ -68,6 +80,12 @@ def gradient_subspace(grad: torch.Tensor, weight: torch.Tensor, gamma: float, *,
     if row_mask is not None:
         keep = row_mask.to(device=g.device, dtype=g.dtype)[:, None]  # (out, 1)
         g = g * keep
+    if keep_off is not None:
+        if keep_off.shape[0] != g.shape[1]:
+            raise InvalidConfigError(f"The preserved basis has {keep_off.shape[0]} rows but the layer takes "
+                                     f"{g.shape[1]} inputs.")
+        q = keep_off.to(device=g.device, dtype=g.dtype)
+        g = g - (g @ q) @ q.T
     u, s, vh = torch.linalg.svd(g, full_matrices=False)  # thin SVD: (out, k), (k,), (k, in)
     if row_mask is not None:
         u = u * keep  # rounding leaves ~1e-17 there; the columns stay orthonormal
@@ -94,3 +112,20 @@ def random_subspace(out_features: int, in_features: int, rank: int, *, generator
     u = torch.linalg.qr(torch.randn(out_features, rank, generator=generator, dtype=torch.float64))[0]
     v = torch.linalg.qr(torch.randn(in_features, rank, generator=generator, dtype=torch.float64))[0]
     return u.to(dtype), v.to(dtype)
+
+
+def preserved_basis(embeddings: torch.Tensor, energy: float) -> torch.Tensor:
+    """An orthonormal basis ``(D, k)`` of the top principal directions (uncentred) of ``embeddings``
+    ``(..., D)`` that hold at least ``energy`` of their summed squared norm: the input directions the
+    ``keep_off`` projection of :func:`gradient_subspace` closes to the adapter.
+
+    >>> x = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> preserved_basis(x, 0.9).abs().T  # 9 of 10 parts of the energy lie along the first axis
+    tensor([[1., 0., 0.]])
+    """
+    if not 0 < energy <= 1:
+        raise InvalidConfigError(f"The preserved energy must be in (0, 1] but is {energy!r}.")
+    x = embeddings.detach().reshape(-1, embeddings.shape[-1]).double()
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    k = select_rank(s, energy)
+    return vh[:k].T.contiguous().float()

@@ -62,7 +62,7 @@ from .adversarial import AdversarialPrompts
 from .config import SemuConfig
 from .layers import (inject_, lora_disabled, lora_factors, lora_parameters, lora_rank, peft_lora, remove_,
                      semu_layers)
-from .svd import gradient_subspace, random_subspace
+from .svd import gradient_subspace, preserved_basis, random_subspace
 
 __all__ = ["erase"]
 logger = logging.getLogger(__name__)
@@ -154,6 +154,8 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
     start = time.perf_counter()
     g = torch.Generator(device="cpu").manual_seed(config.seed)
     alphas = pipe.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    targets = select_modules(unet, config.target_modules)
+    keep_off = _null_space(pipe, targets, concept, config)  # before any sampling: a bad setting costs nothing
 
     # --- 1. data from prompts alone ---
     n_f = config.num_forget_images
@@ -176,7 +178,6 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
     data = _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, pipe.scheduler, device, config.max_timestep, g,
                  adversary)
 
-    targets = select_modules(unet, config.target_modules)
     eps = float32_eps(_unet_eps(unet))  # losses in float32 whatever the UNet's dtype
     desc = f"erase {concept.name}"
     with frozen_unet(unet), _removed_after(unet):
@@ -187,7 +188,7 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
                              desc=desc, progress=progress)
         else:
             # --- 2-4. SEMU's subspace of each layer (the ablations keep its ranks) ---
-            factors = _gradient_subspaces(pipe, targets, data, config, progress=progress)
+            factors = _gradient_subspaces(pipe, targets, data, config, keep_off=keep_off, progress=progress)
             ranks = {name: u.shape[1] for name, (u, v) in factors.items()}
             extra = {}
             if config.parametrization == "lora":
@@ -243,9 +244,10 @@ def _export(factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, 
     return tensors
 
 
-def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *, progress: bool
-                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Steps 2-4: ``{module name: (U_r, V_r)}`` from the accumulated, projected forget gradient.
+def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *, progress: bool,
+                        keep_off: dict[str, torch.Tensor] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Steps 2-4: ``{module name: (U_r, V_r)}`` from the accumulated, projected forget gradient
+    (``keep_off``: the input directions :func:`_null_space` closes to each layer).
 
     Must run inside :func:`~concept_erase.diffusion.frozen_unet`; leaves no gradient behind."""
     unet, g = pipe.unet, data.g
@@ -275,6 +277,7 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
             steps=config.mask_steps, threshold=config.mask_threshold, kind=config.mask_kind,
             images=n_f, batch_size=config.batch_size, max_timestep=config.max_timestep, generator=g,
             progress=progress)
+    keep_off = keep_off or {}
     groups = _layer_groups(weights) if config.stream_gradient else [list(weights)]
     for w in weights.values():
         w.requires_grad_(True)
@@ -309,7 +312,7 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
                 continue
             with _phase("semu: projection + SVD"):
                 u, s, v = gradient_subspace(grad, w.detach(), config.gamma_for(name), max_rank=config.max_rank,
-                                            project=config.project, row_mask=mask)
+                                            project=config.project, row_mask=mask, keep_off=keep_off.get(name))
             del grad
             factors[name] = (u, v)
             spectra[name] = s
@@ -323,6 +326,36 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
         raise InvalidConfigError(f"SEMU x SIMU found no critical neuron in the target layers at threshold "
                                  f"{config.mask_threshold}; lower `mask_threshold` or use mask_kind='forget'.")
     return factors
+
+
+def _null_space(pipe, targets: dict, concept: Concept, config: SemuConfig) -> dict[str, torch.Tensor]:
+    """``{module name: basis}`` of the input directions kept off each cross-attention key/value layer
+    (:attr:`SemuConfig.null_space`): the principal directions of the retain prompts' and the empty
+    prompt's text embeddings. Empty when the option is off."""
+    if config.null_space is None:
+        return {}
+    text_layers = {name: m for name, m in targets.items() if name.endswith((".attn2.to_k", ".attn2.to_v"))}
+    if not text_layers:
+        raise InvalidConfigError(
+            f"`null_space` {config.null_space!r} constrains cross-attention key/value layers (names ending in "
+            f"'attn2.to_k' or 'attn2.to_v'), and none of the {len(targets)} target layers is one. Add such layers "
+            "to `target_modules` or set null_space=None.")
+    kept = [null_conditioning(pipe).hidden_states]
+    if concept.retain:
+        kept.append(encode_conditioning(pipe, concept.retain).hidden_states)
+    basis = preserved_basis(torch.cat([h.flatten(0, 1) for h in kept]), config.null_space)
+    dim = basis.shape[0]
+    if basis.shape[1] >= dim:
+        raise InvalidConfigError(
+            f"`null_space` {config.null_space!r} keeps all {dim} directions of the text embeddings off the "
+            "adapter, which leaves it nothing to change. Lower it (e.g. 0.99).")
+    wrong = [n for n, m in text_layers.items() if m.weight.shape[1] != dim]
+    if wrong:
+        raise InvalidConfigError(f"Layer {wrong[0]!r} takes {text_layers[wrong[0]].weight.shape[1]} inputs, not the "
+                                 f"text encoder's {dim}: `null_space` needs the UNet's cross-attention layers.")
+    logger.info("null space: %d of %d text-embedding directions kept off %d layers", basis.shape[1], dim,
+                len(text_layers))
+    return {name: basis for name in text_layers}
 
 
 def budget_ranks(spectra: dict[str, torch.Tensor], budget: float) -> dict[str, int]:

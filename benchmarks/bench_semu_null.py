@@ -1,0 +1,51 @@
+"""SEMU with the null-space constraint, tuned under the benchmark protocol on the dev concepts.
+
+    python benchmarks/bench_semu_null.py       # the dev search; then bench_robust.py --variants ... semu-null
+
+``SemuConfig(null_space=E)`` removes from each cross-attention key/value layer's forget gradient the
+principal directions holding a share E of the energy of the retain prompts' and the empty prompt's
+text embeddings, before the SVD ("AlphaEdit: Null-Space Constrained Knowledge Editing for Language
+Models", arXiv 2410.02355; "SPEED: Scalable, Precise, and Efficient Concept Erasure for Diffusion
+Models", arXiv 2503.07392). Those layers see only text embeddings, so the adapter then leaves the
+retain prompts and the unconditional branch of guidance (nearly) as the base model has them.
+
+Like every method of the benchmark the variant gets :data:`GRID` (``bench.search.SEARCH_SIZE``
+configurations, on top of SEMU's tuned ones) on the dev concepts and the benchmark's selection rule
+(``bench.search.SELECTION_RULE``). The grid is one axis, the share E: a larger E closes more
+directions, so R needs larger entries in the directions left, where held-out prompts still have some
+energy. Writes ``benchmarks/results/semu_null.json``, whose chosen configuration
+``benchmarks/bench_robust.py`` uses for its ``semu-null`` variant on the test concepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bench_semu_simu import dev_search
+
+from concept_erase._io import atomic_write_json
+from concept_erase.bench import load_tuning, report, search
+
+OUT = Path(__file__).parent / "results" / "semu_null.json"
+GRID = [dict(null_space=0.8), dict(null_space=0.9), dict(null_space=0.95), dict(null_space=0.99)]
+assert len(GRID) == search.SEARCH_SIZE
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    semu = dict(load_tuning()["methods"]["semu"]["chosen"])
+    start = time.perf_counter()
+    dev = dev_search(semu, GRID)
+    chosen = dev["search"][dev["chosen_index"]]["config"]
+    result = {"semu": semu, "grid": GRID, "dev": dev, "chosen": chosen, "seconds": time.perf_counter() - start}
+    atomic_write_json(Path(args.out), report.jsonable(result))
+    print(f"chosen {chosen} ({'feasible' if dev['feasible'] else 'infeasible: best retain'}); "
+          f"{result['seconds']:.0f} s; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
