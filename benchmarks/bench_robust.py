@@ -2,7 +2,7 @@
 
     python benchmarks/bench_robust.py [--concepts no-red no-circle no-striped] [--seeds 0 1 2] [--pool 256]
     python benchmarks/bench_robust.py --dev --concepts no-blue --seeds 0      # a look at a dev concept
-    python benchmarks/bench_robust.py --keep DIR                              # also keep every adapter file
+    python benchmarks/bench_robust.py --keep DIR                              # also keep every adapter (DIR/VARIANT/)
     python benchmarks/bench_robust.py --ship semu-robust --keep DIR           # the shipped adapters, from a run
 
 Variants, each a fresh process per concept (``concept_erase.bench.jobs.method_job``), at the tuned
@@ -148,7 +148,7 @@ def ship(results: Path, keep: Path, variant: str) -> None:
         raise SystemExit(f"{results} has no rows of {variant!r}.")
     for row in rows:
         name = row["kept"][str(seeds[0])]
-        adapter = UnlearningAdapter.load(keep / name)
+        adapter = UnlearningAdapter.load(keep / variant / name)
         meta = {**adapter.metadata, "evaluation": _evaluation(row, seeds),
                 "evaluation_protocol": "benchmarks/bench_robust.py: held-out prompts of the benchmark protocol, "
                                        f"seeds {seeds}, the eval's attack at its default budget"}
@@ -196,7 +196,7 @@ def main() -> None:
             method, config, robust = variants[name]
             row = _run(jobs.method_job, method, concept, config, args.seeds, sizes, base,
                        robustness=BUDGET if robust else None, robustness_every_seed=robust,
-                       keep=args.keep if robust else None)
+                       keep=str(Path(args.keep) / name) if robust and args.keep else None)  # variants may share a method
             row = report.summarize_row(row, base)
             row["variant"] = name
             row["robust_summary"] = _robust_summary(row)
