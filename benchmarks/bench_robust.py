@@ -194,9 +194,10 @@ def main() -> None:
         base = _run(jobs.base_job, concept, args.seeds, sizes, robustness=BUDGET)
         for name in args.variants:
             method, config, robust = variants[name]
+            # adapters kept per variant: variants may share a method, and files are named {concept}.{method}.{seed}
             row = _run(jobs.method_job, method, concept, config, args.seeds, sizes, base,
                        robustness=BUDGET if robust else None, robustness_every_seed=robust,
-                       keep=str(Path(args.keep) / name) if robust and args.keep else None)  # variants may share a method
+                       keep=str(Path(args.keep) / name) if robust and args.keep else None)
             row = report.summarize_row(row, base)
             row["variant"] = name
             row["robust_summary"] = _robust_summary(row)

@@ -245,7 +245,8 @@ def _export(factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, 
 
 
 def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *, progress: bool,
-                        keep_off: dict[str, torch.Tensor] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                        keep_off: dict[str, torch.Tensor] | None = None
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Steps 2-4: ``{module name: (U_r, V_r)}`` from the accumulated, projected forget gradient
     (``keep_off``: the input directions :func:`_null_space` closes to each layer).
 
