@@ -14,6 +14,8 @@ configurations of ``benchmarks/results/tuning.json`` (chosen on the dev concepts
   ``--robust KEY=VALUE`` sets others);
 - ``semu-null``: SEMU's tuned configuration with the null-space constraint at the share its own dev
   search chose (``benchmarks/bench_semu_null.py``, ``benchmarks/results/semu_null.json``);
+- ``semu-null-robust``: robust SEMU inside the null space, as its dev search chose it
+  (``bench_semu_null.py --adversarial``, ``benchmarks/results/semu_null_robust.json``);
 - ``esd-x``: ESD-x's tuned configuration (erase time and held-out rates, for the time ratio).
 
 For every seed: erase, then the held-out forget / paraphrase / retain rates, specificity and FID/KID
@@ -52,14 +54,17 @@ BUDGET = {**jobs.ROBUSTNESS, "attack": AttackConfig().to_dict()}
 ROBUST: tuple[str, ...] = ()  # robust SEMU's settings beyond adversarial=True (its defaults when empty)
 
 
-NULL_SPACE = Path(__file__).parent / "results" / "semu_null.json"
+SEARCHED = {"semu-null": ("semu_null.json", "benchmarks/bench_semu_null.py"),
+            "semu-null-robust": ("semu_null_robust.json", "benchmarks/bench_semu_null.py --adversarial")}
 
 
-def _null_space_choice() -> dict:
-    """The null-space variant's settings beyond SEMU's tuned ones, as its dev search chose them."""
-    if not NULL_SPACE.is_file():
-        raise SystemExit(f"The semu-null variant needs {NULL_SPACE.name}: run benchmarks/bench_semu_null.py first.")
-    data = json.loads(NULL_SPACE.read_text(encoding="utf-8"))
+def _searched_choice(variant: str) -> dict:
+    """A searched variant's settings beyond SEMU's tuned ones, as its dev search chose them."""
+    name, script = SEARCHED[variant]
+    path = Path(__file__).parent / "results" / name
+    if not path.is_file():
+        raise SystemExit(f"The {variant} variant needs {name}: run {script} first.")
+    data = json.loads(path.read_text(encoding="utf-8"))
     return {k: v for k, v in data["chosen"].items() if data["semu"].get(k) != v}
 
 
@@ -67,8 +72,9 @@ def _variants(tuning: dict, pool: int, robust: dict, plain: dict, names: list[st
     semu = {**tuning["semu"]["chosen"], "target_pool": pool, **plain}
     variants = {"semu": ("semu", semu, True), "semu-robust": ("semu", {**semu, "adversarial": True, **robust}, True),
                 "esd-x": ("esd-x", dict(tuning["esd-x"]["chosen"]), False)}
-    if "semu-null" in names:
-        variants["semu-null"] = ("semu", {**semu, **_null_space_choice()}, True)
+    for name in SEARCHED:
+        if name in names:
+            variants[name] = ("semu", {**semu, **_searched_choice(name)}, True)
     return variants
 
 
@@ -183,9 +189,10 @@ def main() -> None:
     def settings(items):
         return {k: json.loads(v) for k, v in (item.split("=", 1) for item in items)}
 
-    unknown = [v for v in args.variants if v not in ("semu", "semu-robust", "semu-null", "esd-x")]
+    known = ("semu", "semu-robust", *SEARCHED, "esd-x")
+    unknown = [v for v in args.variants if v not in known]
     if unknown:
-        raise SystemExit(f"Unknown variants {unknown}: choose from semu, semu-robust, semu-null, esd-x.")
+        raise SystemExit(f"Unknown variants {unknown}: choose from {', '.join(known)}.")
     variants = _variants(tuning, args.pool, settings(args.robust), settings(args.semu), args.variants)
     sizes = HEADLINE.to_dict()
     start = time.perf_counter()

@@ -1,6 +1,7 @@
 """SEMU with the null-space constraint, tuned under the benchmark protocol on the dev concepts.
 
-    python benchmarks/bench_semu_null.py       # the dev search; then bench_robust.py --variants ... semu-null
+    python benchmarks/bench_semu_null.py                # the dev search; then bench_robust.py --variants ... semu-null
+    python benchmarks/bench_semu_null.py --adversarial  # robust SEMU in the null space; then ... semu-null-robust
 
 ``SemuConfig(null_space=E)`` removes from each cross-attention key/value layer's forget gradient the
 principal directions holding a share E of the energy of the retain prompts' and the empty prompt's
@@ -29,19 +30,29 @@ from concept_erase._io import atomic_write_json
 from concept_erase.bench import load_tuning, report, search
 
 OUT = Path(__file__).parent / "results" / "semu_null.json"
+OUT_ROBUST = Path(__file__).parent / "results" / "semu_null_robust.json"
 GRID = [dict(null_space=0.8), dict(null_space=0.9), dict(null_space=0.95), dict(null_space=0.99)]
-assert len(GRID) == search.SEARCH_SIZE
+# --adversarial: robust SEMU (the inner attack) inside the null space, which guards the retain prompts that
+# robust SEMU alone lost (README); its adversarial_weight 0.3 was the other setting of robust SEMU's search
+GRID_ROBUST = [dict(adversarial=True, null_space=0.8), dict(adversarial=True, null_space=0.9),
+               dict(adversarial=True, null_space=0.95), dict(adversarial=True, null_space=0.8, adversarial_weight=0.3)]
+assert len(GRID) == len(GRID_ROBUST) == search.SEARCH_SIZE
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--adversarial", action="store_true",
+                    help=f"search GRID_ROBUST instead: robust SEMU (adversarial=True) in the null space "
+                         f"(default --out results/{OUT_ROBUST.name})")
+    ap.add_argument("--out")
     args = ap.parse_args()
+    grid, out = (GRID_ROBUST, OUT_ROBUST) if args.adversarial else (GRID, OUT)
+    args.out = args.out or str(out)
     semu = dict(load_tuning()["methods"]["semu"]["chosen"])
     start = time.perf_counter()
-    dev = dev_search(semu, GRID)
+    dev = dev_search(semu, grid)
     chosen = dev["search"][dev["chosen_index"]]["config"]
-    result = {"semu": semu, "grid": GRID, "dev": dev, "chosen": chosen, "seconds": time.perf_counter() - start}
+    result = {"semu": semu, "grid": grid, "dev": dev, "chosen": chosen, "seconds": time.perf_counter() - start}
     atomic_write_json(Path(args.out), report.jsonable(result))
     print(f"chosen {chosen} ({'feasible' if dev['feasible'] else 'infeasible: best retain'}); "
           f"{result['seconds']:.0f} s; wrote {args.out}")
