@@ -51,9 +51,9 @@ class SemuConfig(Config):
     # Null-space constraint (AlphaEdit, arXiv 2410.02355; SPEED, arXiv 2503.07392): on the cross-attention
     # key/value layers, which see only the text encoder's outputs, remove from the forget gradient the
     # principal directions holding this share of the energy of the retain prompts' and the empty
-    # prompt's embeddings, so that U_r R V_rᵀ maps those embeddings (nearly) to zero: the retain prompts
-    # and the unconditional branch of guidance are denoised as by the base model whatever R learns.
-    # None: off (plain SEMU).
+    # prompt's embeddings, so that U_r R V_rᵀ maps that part of them to zero whatever R learns: the retain
+    # prompts and the unconditional branch of guidance reach the adapter only through the rest (1 − E of
+    # their energy). On the shapes world 0.8 won its dev search (README, "robust SEMU"). None: off.
     null_space: float | None = setting(None, "SEMU: keep cross-attention k/v updates off the principal directions "
                                              "holding this share of the retain and empty prompts' embedding energy "
                                              "(e.g. 0.99)")

@@ -8,8 +8,9 @@ the null-space constraint of model editing ("AlphaEdit: Null-Space Constrained K
 Language Models", arXiv 2410.02355, eq. 4-5; for concept erasure, "SPEED: Scalable, Precise, and
 Efficient Concept Erasure for Diffusion Models", arXiv 2503.07392, which also preserves the empty
 prompt). A cross-attention key/value layer sees only the text encoder's outputs, so when every
-adapted direction V_r is orthogonal to the embeddings of the prompts to keep, U_r R V_rᵀ c = 0 for
-them whatever R becomes: those prompts are denoised exactly as by the base model."""
+adapted direction V_r is orthogonal to the principal directions of the embeddings of the prompts to
+keep, U_r R V_rᵀ c = 0 for every c in their span whatever R becomes: those prompts reach the adapter
+only through the share of their energy left outside it."""
 
 from __future__ import annotations
 
