@@ -145,7 +145,12 @@ class SemuConfig(Config):
         if self.max_trainable_fraction is not None:
             check_fraction(self, "max_trainable_fraction")
         if self.null_space is not None:
-            check_fraction(self, "null_space", high_open=True)
+            try:
+                check_fraction(self, "null_space", high_open=True)
+            except InvalidConfigError as e:
+                raise InvalidConfigError(f"{e} It is the share of the retain and empty prompts' embedding energy "
+                                         "kept off the adapter (1 would close every direction): try 0.8, or None "
+                                         "to turn it off.") from None
         check_choice(self, "objective", tuple(OBJECTIVES))
         check_choice(self, "gradient_loss", tuple(GRADIENT_LOSSES))
         check_number(self, "learning_rate")
