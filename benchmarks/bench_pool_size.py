@@ -27,7 +27,6 @@ from concept_erase.bench.report import pct
 OUT = Path(__file__).parent / "results" / "pool_size.json"
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pools", nargs="+", type=int, default=[0, 256, 1024])

@@ -7,8 +7,8 @@
 principal directions holding a share E of the energy of the retain prompts' and the empty prompt's
 text embeddings, before the SVD ("AlphaEdit: Null-Space Constrained Knowledge Editing for Language
 Models", arXiv 2410.02355; "SPEED: Scalable, Precise, and Efficient Concept Erasure for Diffusion
-Models", arXiv 2503.07392). Those layers see only text embeddings, so the adapter then leaves the
-retain prompts and the unconditional branch of guidance (nearly) as the base model has them.
+Models", arXiv 2503.07392). Those layers see only text embeddings, so the retain prompts and the
+unconditional branch of guidance then reach the adapter only through the share 1 − E of their energy.
 
 Like every method of the benchmark the variant gets :data:`GRID` (``bench.search.SEARCH_SIZE``
 configurations, on top of SEMU's tuned ones) on the dev concepts and the benchmark's selection rule

@@ -171,16 +171,15 @@ class SemuConfig(Config):
             raise InvalidConfigError(
                 f"`subspace` {self.subspace!r} only applies to parametrization 'semu' (U_r R V_rᵀ); parametrization "
                 f"{self.parametrization!r} has no subspace. Use subspace='gradient' with it.")
-        if self.null_space is not None and (self.parametrization != "semu" or self.subspace != "gradient"):
-            raise InvalidConfigError(
-                f"`null_space` {self.null_space!r} constrains SEMU's gradient subspace, so it needs "
-                f"parametrization='semu' and subspace='gradient', not parametrization={self.parametrization!r}, "
-                f"subspace={self.subspace!r}. Use null_space=None for the ablations.")
-        if self.mask != "none" and (self.parametrization != "semu" or self.subspace != "gradient"):
-            raise InvalidConfigError(
-                f"`mask` {self.mask!r} (SEMU x SIMU) restricts SEMU's gradient subspace, so it needs "
-                f"parametrization='semu' and subspace='gradient', not parametrization={self.parametrization!r}, "
-                f"subspace={self.subspace!r}. Use mask='none' for the ablations.")
+        # options that act on the gradient's SVD subspace, which the ablations replace or do not have
+        restricting = {"mask": ("none", "(SEMU x SIMU)"), "null_space": (None, "(null-space constraint)")}
+        if self.parametrization != "semu" or self.subspace != "gradient":
+            for name, (off, what) in restricting.items():
+                if getattr(self, name) != off:
+                    raise InvalidConfigError(
+                        f"`{name}` {getattr(self, name)!r} {what} restricts SEMU's gradient subspace, so it needs "
+                        f"parametrization='semu' and subspace='gradient', not parametrization="
+                        f"{self.parametrization!r}, subspace={self.subspace!r}. Use {name}={off!r} for the ablations.")
 
     def gamma_for(self, module_name: str) -> float:
         return self.gamma_cross_attention if ".attn2." in f".{module_name}." else self.gamma

@@ -349,7 +349,7 @@ def _null_space(pipe, targets: dict, concept: Concept, config: SemuConfig) -> di
     if basis.shape[1] >= dim:
         raise InvalidConfigError(
             f"`null_space` {config.null_space!r} keeps all {dim} directions of the text embeddings off the "
-            "adapter, which leaves it nothing to change. Lower it (e.g. 0.99).")
+            "adapter, which leaves it nothing to change. Lower it (e.g. 0.8).")
     wrong = [n for n, m in text_layers.items() if m.weight.shape[1] != dim]
     if wrong:
         raise InvalidConfigError(f"Layer {wrong[0]!r} takes {text_layers[wrong[0]].weight.shape[1]} inputs, not the "
