@@ -16,6 +16,8 @@ configurations of ``benchmarks/results/tuning.json`` (chosen on the dev concepts
   search chose (``benchmarks/bench_semu_null.py``, ``benchmarks/results/semu_null.json``);
 - ``semu-null-robust``: robust SEMU inside the null space, as its dev search chose it
   (``bench_semu_null.py --adversarial``, ``benchmarks/results/semu_null_robust.json``);
+- ``semu-gamma``: SEMU's tuned configuration with γ on cross-attention at the value its dev search chose
+  (``benchmarks/bench_semu_gamma.py``, ``benchmarks/results/semu_gamma.json``);
 - ``esd-x``: ESD-x's tuned configuration (erase time and held-out rates, for the time ratio).
 
 For every seed: erase, then the held-out forget / paraphrase / retain rates, specificity and FID/KID
@@ -55,7 +57,8 @@ ROBUST: tuple[str, ...] = ()  # robust SEMU's settings beyond adversarial=True (
 
 
 SEARCHED = {"semu-null": ("semu_null.json", "benchmarks/bench_semu_null.py"),
-            "semu-null-robust": ("semu_null_robust.json", "benchmarks/bench_semu_null.py --adversarial")}
+            "semu-null-robust": ("semu_null_robust.json", "benchmarks/bench_semu_null.py --adversarial"),
+            "semu-gamma": ("semu_gamma.json", "benchmarks/bench_semu_gamma.py")}
 
 
 def _searched_choice(variant: str) -> dict:

@@ -4,6 +4,7 @@ for diffusion UNets: config, the gradient subspace (svd), the W + U R Vᵀ layer
 from .config import SemuConfig
 from .layers import SemuLayer
 from .svd import gradient_subspace, project_perpendicular, select_rank
-from .trainer import erase
+from .trainer import erase, gradient_spectra
 
-__all__ = ["SemuConfig", "SemuLayer", "erase", "gradient_subspace", "project_perpendicular", "select_rank"]
+__all__ = ["SemuConfig", "SemuLayer", "erase", "gradient_spectra", "gradient_subspace", "project_perpendicular",
+           "select_rank"]

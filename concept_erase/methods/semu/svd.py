@@ -18,8 +18,8 @@ import torch
 
 from ...errors import InvalidConfigError
 
-__all__ = ["as_matrix", "project_perpendicular", "select_rank", "gradient_subspace", "random_subspace",
-           "preserved_basis"]
+__all__ = ["as_matrix", "project_perpendicular", "select_rank", "prepared_gradient", "gradient_subspace",
+           "random_subspace", "preserved_basis"]
 
 
 def as_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -61,6 +61,26 @@ def select_rank(singular_values: torch.Tensor, gamma: float) -> int:
     return max(1, min(k, numerical_rank))
 
 
+def prepared_gradient(grad: torch.Tensor, weight: torch.Tensor, *, project: bool = True,
+                      row_mask: torch.Tensor | None = None, keep_off: torch.Tensor | None = None) -> torch.Tensor:
+    """The float64 matrix whose SVD :func:`gradient_subspace` takes: the gradient as ``(out, in·k)``,
+    projected perpendicular to the weight, then restricted to ``row_mask``'s rows and kept off
+    ``keep_off``'s input directions (each step only when asked)."""
+    g = as_matrix(grad).double()
+    w = as_matrix(weight).double()
+    if project:
+        g = project_perpendicular(g, w)
+    if row_mask is not None:
+        g = g * row_mask.to(device=g.device, dtype=g.dtype)[:, None]  # (out, 1)
+    if keep_off is not None:
+        if keep_off.shape[0] != g.shape[1]:
+            raise InvalidConfigError(f"The preserved basis has {keep_off.shape[0]} rows but the layer takes "
+                                     f"{g.shape[1]} inputs.")
+        q = keep_off.to(device=g.device, dtype=g.dtype)
+        g = g - (g @ q) @ q.T
+    return g
+
+
 def gradient_subspace(grad: torch.Tensor, weight: torch.Tensor, gamma: float, *, max_rank: int | None = None,
                       project: bool = True, row_mask: torch.Tensor | None = None,
                       keep_off: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,22 +94,10 @@ def gradient_subspace(grad: torch.Tensor, weight: torch.Tensor, gamma: float, *,
     Works on one layer at a time in float64 on the gradient's device; nothing but the factors is kept.
     The factors are float32 (or the weight's dtype when it is wider): they become trainable SEMU layers.
     """
-    g = as_matrix(grad).double()
-    w = as_matrix(weight).double()
-    if project:
-        g = project_perpendicular(g, w)
-    if row_mask is not None:
-        keep = row_mask.to(device=g.device, dtype=g.dtype)[:, None]  # (out, 1)
-        g = g * keep
-    if keep_off is not None:
-        if keep_off.shape[0] != g.shape[1]:
-            raise InvalidConfigError(f"The preserved basis has {keep_off.shape[0]} rows but the layer takes "
-                                     f"{g.shape[1]} inputs.")
-        q = keep_off.to(device=g.device, dtype=g.dtype)
-        g = g - (g @ q) @ q.T
+    g = prepared_gradient(grad, weight, project=project, row_mask=row_mask, keep_off=keep_off)
     u, s, vh = torch.linalg.svd(g, full_matrices=False)  # thin SVD: (out, k), (k,), (k, in)
     if row_mask is not None:
-        u = u * keep  # rounding leaves ~1e-17 there; the columns stay orthonormal
+        u = u * row_mask.to(device=u.device, dtype=u.dtype)[:, None]  # rounding leaves ~1e-17; columns stay orthonormal
     r = select_rank(s, gamma)
     if max_rank is not None:
         r = min(r, max_rank)

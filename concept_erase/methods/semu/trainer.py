@@ -62,9 +62,9 @@ from .adversarial import AdversarialPrompts
 from .config import SemuConfig
 from .layers import (inject_, lora_disabled, lora_factors, lora_parameters, lora_rank, peft_lora, remove_,
                      semu_layers)
-from .svd import gradient_subspace, preserved_basis, random_subspace
+from .svd import as_matrix, gradient_subspace, prepared_gradient, preserved_basis, random_subspace
 
-__all__ = ["erase"]
+__all__ = ["erase", "gradient_spectra"]
 logger = logging.getLogger(__name__)
 
 # Named ranges for torch.profiler (benchmarks/profile_semu.py reads them); free when nobody profiles.
@@ -150,33 +150,10 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
     concept = resolve_concept(concept)
     config = config or SemuConfig()
     unet = pipe.unet
-    device = pipe._execution_device
     start = time.perf_counter()
-    g = torch.Generator(device="cpu").manual_seed(config.seed)
-    alphas = pipe.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     targets = select_modules(unet, config.target_modules)
     keep_off = _null_space(pipe, targets, concept, config)  # before any sampling: a bad setting costs nothing
-
-    # --- 1. data from prompts alone ---
-    n_f = config.num_forget_images
-    gen = dict(seed=config.seed, steps=config.sample_steps, guidance=config.sample_guidance, progress=progress)
-    use_retain = bool(concept.retain) and config.num_retain_images > 0 and config.retain_weight > 0
-    retain = None
-    with _phase("semu: sample training data"):
-        x0_f, f_idx_t, c_f = prompt_data(pipe, concept.forget, n_f, offset=FORGET_OFFSET, desc="forget latents",
-                                         **gen)
-        c_a = encode_conditioning(pipe, concept.anchor)
-        c_null = null_conditioning(pipe)
-        if use_retain:
-            retain = prompt_data(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
-                                 desc="retain latents", **gen)
-    adversary = None
-    if config.adversarial:
-        adversary = AdversarialPrompts(pipe, list(concept.forget), num_tokens=config.adversarial_tokens,
-                                       step_size=config.adversarial_step_size,
-                                       generator=torch.Generator().manual_seed(config.seed))
-    data = _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, pipe.scheduler, device, config.max_timestep, g,
-                 adversary)
+    data = _training_data(pipe, concept, config, progress=progress)
 
     eps = float32_eps(_unet_eps(unet))  # losses in float32 whatever the UNet's dtype
     desc = f"erase {concept.name}"
@@ -235,6 +212,60 @@ def erase(pipe, concept: Concept | str | dict, config: SemuConfig | None = None,
     return adapter
 
 
+def _training_data(pipe, concept: Concept, config: SemuConfig, *, progress: bool) -> _Data:
+    """Step 1: the forget (and retain) latents the base pipeline generates from the prompts, their
+    conditionings, and the seeded generator every later random draw comes from."""
+    device = pipe._execution_device
+    g = torch.Generator(device="cpu").manual_seed(config.seed)
+    alphas = pipe.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    n_f = config.num_forget_images
+    gen = dict(seed=config.seed, steps=config.sample_steps, guidance=config.sample_guidance, progress=progress)
+    use_retain = bool(concept.retain) and config.num_retain_images > 0 and config.retain_weight > 0
+    retain = None
+    with _phase("semu: sample training data"):
+        x0_f, f_idx_t, c_f = prompt_data(pipe, concept.forget, n_f, offset=FORGET_OFFSET, desc="forget latents",
+                                         **gen)
+        c_a = encode_conditioning(pipe, concept.anchor)
+        c_null = null_conditioning(pipe)
+        if use_retain:
+            retain = prompt_data(pipe, concept.retain, config.num_retain_images, offset=RETAIN_OFFSET,
+                                 desc="retain latents", **gen)
+    adversary = None
+    if config.adversarial:
+        adversary = AdversarialPrompts(pipe, list(concept.forget), num_tokens=config.adversarial_tokens,
+                                       step_size=config.adversarial_step_size,
+                                       generator=torch.Generator().manual_seed(config.seed))
+    return _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, pipe.scheduler, device, config.max_timestep, g,
+                 adversary)
+
+
+def gradient_spectra(pipe, concept: Concept | str | dict, config: SemuConfig | None = None, *,
+                     progress: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+    """Steps 1-4 of :func:`erase` without training: each target layer's singular values, to see what γ
+    selects. ``{module name: {"unprojected": σ(G), "decomposed": σ(G')}}``, where G is the summed forget
+    gradient and G' the matrix SEMU decomposes (G projected perpendicular to the weight, then masked or
+    kept off the null space when the config asks). ``select_rank(spectra[name]["decomposed"], γ)`` is
+    the rank :func:`erase` gives the layer at that γ, before any ``max_rank`` or trainable budget.
+
+    >>> from concept_erase import world
+    >>> from concept_erase.methods.semu import gradient_spectra, select_rank
+    >>> s = gradient_spectra(world.load_pipeline(), "no-red")                  # doctest: +SKIP
+    >>> {name: select_rank(v["decomposed"], 0.99) for name, v in s.items()}    # doctest: +SKIP
+    """
+    concept = resolve_concept(concept)
+    config = config or SemuConfig()
+    if config.parametrization == "full":
+        raise InvalidConfigError("parametrization='full' trains whole weights: it has no subspace to inspect. "
+                                 "Use parametrization='semu'.")
+    targets = select_modules(pipe.unet, config.target_modules)
+    keep_off = _null_space(pipe, targets, concept, config)
+    data = _training_data(pipe, concept, config, progress=progress)
+    record: dict[str, dict[str, torch.Tensor]] = {}
+    with frozen_unet(pipe.unet):
+        _gradient_subspaces(pipe, targets, data, config, keep_off=keep_off, progress=progress, record=record)
+    return record
+
+
 def _export(factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """``(lora_A, lora_B)`` per module -> the adapter's tensors (float32, on the CPU)."""
     tensors = {}
@@ -245,10 +276,11 @@ def _export(factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, 
 
 
 def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *, progress: bool,
-                        keep_off: dict[str, torch.Tensor] | None = None
+                        keep_off: dict[str, torch.Tensor] | None = None, record: dict | None = None
                         ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Steps 2-4: ``{module name: (U_r, V_r)}`` from the accumulated, projected forget gradient
-    (``keep_off``: the input directions :func:`_null_space` closes to each layer).
+    (``keep_off``: the input directions :func:`_null_space` closes to each layer). ``record``, when
+    given, receives each layer's singular values (:func:`gradient_spectra`).
 
     Must run inside :func:`~concept_erase.diffusion.frozen_unet`; leaves no gradient behind."""
     unet, g = pipe.unet, data.g
@@ -311,6 +343,12 @@ def _gradient_subspaces(pipe, targets: dict, data: _Data, config: SemuConfig, *,
             w.requires_grad_(False)
             if mask is not None and not mask.any():  # no critical neuron in this layer: not adapted
                 continue
+            if record is not None:
+                prepared = prepared_gradient(grad, w.detach(), project=config.project, row_mask=mask,
+                                             keep_off=keep_off.get(name))
+                record[name] = {"unprojected": torch.linalg.svdvals(as_matrix(grad).double()).float().cpu(),
+                                "decomposed": torch.linalg.svdvals(prepared).float().cpu()}
+                del prepared
             with _phase("semu: projection + SVD"):
                 u, s, v = gradient_subspace(grad, w.detach(), config.gamma_for(name), max_rank=config.max_rank,
                                             project=config.project, row_mask=mask, keep_off=keep_off.get(name))
