@@ -37,7 +37,9 @@ class SemuConfig(Config):
         "down_blocks.0.*attn2.to_k",
         "down_blocks.0.*attn2.to_v",
     ), "glob patterns of the UNet module names to adapt (Linear/Conv2d)")
-    # γ on attn2 layers: keep every non-zero direction (SEMU, arXiv 2502.07587)
+    # γ on attn2 layers: keep every non-zero direction (SEMU, arXiv 2502.07587). The projection G − αW adds a
+    # sliver of the full-rank weight to every direction, so γ = 1 keeps a layer's full rank; any γ < 1 sees
+    # through it (README, "What γ selects": 0.999 keeps 9-64 directions a layer on the shapes world).
     gamma_cross_attention: float = setting(1.0, "SEMU: explained-variance threshold γ on cross-attention (attn2)")
     gamma: float = setting(0.9, "SEMU: explained-variance threshold γ on every other target layer")
     max_rank: int | None = setting(None, "SEMU: optional cap on the rank r of each layer")
