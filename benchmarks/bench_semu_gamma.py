@@ -25,7 +25,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
 from bench_semu_simu import dev_search
 
 from concept_erase._io import atomic_write_json
@@ -93,7 +92,6 @@ def main() -> None:
     if args.spectra:
         from concept_erase.bench import _run
 
-        torch.manual_seed(0)
         spectra = _run(spectra_job, [*DEV_CONCEPTS, *TEST_CONCEPTS], semu)
         result = {"semu": semu, "gammas": GAMMAS, "dev_concepts": DEV_CONCEPTS, "concepts": spectra,
                   "seconds": time.perf_counter() - start}
