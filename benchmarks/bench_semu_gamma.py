@@ -25,10 +25,10 @@ import argparse
 import time
 from pathlib import Path
 
-from bench_semu_simu import dev_search
+from bench_semu_simu import write_dev_search
 
 from concept_erase._io import atomic_write_json
-from concept_erase.bench import load_tuning, report, search
+from concept_erase.bench import _run, load_tuning, report, search
 from concept_erase.bench.protocol import DEV_CONCEPTS, TEST_CONCEPTS
 
 OUT = Path(__file__).parent / "results" / "semu_gamma.json"
@@ -50,7 +50,7 @@ def spectra_job(concepts: list[str], semu: dict) -> dict:
 
     pipe = world.load_pipeline()
     total = sum(p.numel() for p in pipe.unet.parameters())
-    config = SemuConfig(**{**semu, "target_pool": 0, "steps": 1})
+    config = SemuConfig(**semu)  # only steps 1-4 run: no training, no target pool
     out = {}
     for concept in concepts:
         spectra = gradient_spectra(pipe, load_preset(concept), config, progress=False)
@@ -87,26 +87,18 @@ def main() -> None:
                     help=f"only the per-layer ranks at γ {GAMMAS} (default --out results/{OUT_SPECTRA.name})")
     ap.add_argument("--out")
     args = ap.parse_args()
+    if not args.spectra:
+        write_dev_search(GRID, Path(args.out or OUT))
+        return
     semu = dict(load_tuning()["methods"]["semu"]["chosen"])
     start = time.perf_counter()
-    if args.spectra:
-        from concept_erase.bench import _run
-
-        spectra = _run(spectra_job, [*DEV_CONCEPTS, *TEST_CONCEPTS], semu)
-        result = {"semu": semu, "gammas": GAMMAS, "dev_concepts": DEV_CONCEPTS, "concepts": spectra,
-                  "seconds": time.perf_counter() - start}
-        out = Path(args.out or OUT_SPECTRA)
-        atomic_write_json(out, report.jsonable(result))
-        print(spectra_table(spectra))
-        print(f"{result['seconds']:.0f} s; wrote {out}")
-        return
-    dev = dev_search(semu, GRID)
-    chosen = dev["search"][dev["chosen_index"]]["config"]
-    result = {"semu": semu, "grid": GRID, "dev": dev, "chosen": chosen, "seconds": time.perf_counter() - start}
-    out = Path(args.out or OUT)
+    spectra = _run(spectra_job, [*DEV_CONCEPTS, *TEST_CONCEPTS], semu)
+    result = {"semu": semu, "gammas": GAMMAS, "dev_concepts": DEV_CONCEPTS, "concepts": spectra,
+              "seconds": time.perf_counter() - start}
+    out = Path(args.out or OUT_SPECTRA)
     atomic_write_json(out, report.jsonable(result))
-    print(f"chosen {chosen} ({'feasible' if dev['feasible'] else 'infeasible: best retain'}); "
-          f"{result['seconds']:.0f} s; wrote {out}")
+    print(spectra_table(spectra))
+    print(f"{result['seconds']:.0f} s; wrote {out}")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,11 @@ energy. Writes ``benchmarks/results/semu_null.json``, whose chosen configuration
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from bench_semu_simu import dev_search
+from bench_semu_simu import write_dev_search
 
-from concept_erase._io import atomic_write_json
-from concept_erase.bench import load_tuning, report, search
+from concept_erase.bench import search
 
 OUT = Path(__file__).parent / "results" / "semu_null.json"
 OUT_ROBUST = Path(__file__).parent / "results" / "semu_null_robust.json"
@@ -47,15 +45,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     grid, out = (GRID_ROBUST, OUT_ROBUST) if args.adversarial else (GRID, OUT)
-    args.out = args.out or str(out)
-    semu = dict(load_tuning()["methods"]["semu"]["chosen"])
-    start = time.perf_counter()
-    dev = dev_search(semu, grid)
-    chosen = dev["search"][dev["chosen_index"]]["config"]
-    result = {"semu": semu, "grid": grid, "dev": dev, "chosen": chosen, "seconds": time.perf_counter() - start}
-    atomic_write_json(Path(args.out), report.jsonable(result))
-    print(f"chosen {chosen} ({'feasible' if dev['feasible'] else 'infeasible: best retain'}); "
-          f"{result['seconds']:.0f} s; wrote {args.out}")
+    write_dev_search(grid, Path(args.out or out))
 
 
 if __name__ == "__main__":

@@ -61,6 +61,20 @@ def dev_search(semu: dict, grid: list[dict] = GRID) -> dict:
             "rule": search.SELECTION_RULE}
 
 
+def write_dev_search(grid: list[dict], out: Path) -> dict:
+    """:func:`dev_search` of ``grid`` on SEMU's tuned settings, written to ``out`` with the choice: the
+    file a variant of ``benchmarks/bench_robust.py`` reads its configuration from."""
+    semu = dict(load_tuning()["methods"]["semu"]["chosen"])
+    start = time.perf_counter()
+    dev = dev_search(semu, grid)
+    chosen = dev["search"][dev["chosen_index"]]["config"]
+    result = {"semu": semu, "grid": grid, "dev": dev, "chosen": chosen, "seconds": time.perf_counter() - start}
+    atomic_write_json(out, report.jsonable(result))
+    print(f"chosen {chosen} ({'feasible' if dev['feasible'] else 'infeasible: best retain'}); "
+          f"{result['seconds']:.0f} s; wrote {out}")
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concepts", nargs="+", default=list(TEST_CONCEPTS), choices=TEST_CONCEPTS)
