@@ -18,6 +18,8 @@ configurations of ``benchmarks/results/tuning.json`` (chosen on the dev concepts
   (``bench_semu_null.py --adversarial``, ``benchmarks/results/semu_null_robust.json``);
 - ``semu-gamma``: SEMU's tuned configuration with γ on cross-attention at the value its dev search chose
   (``benchmarks/bench_semu_gamma.py``, ``benchmarks/results/semu_gamma.json``);
+- ``semu-gamma-robust``: robust SEMU at that γ, as its own dev search chose it
+  (``bench_semu_gamma.py --adversarial``, ``benchmarks/results/semu_gamma_robust.json``);
 - ``esd-x``: ESD-x's tuned configuration (erase time and held-out rates, for the time ratio).
 
 For every seed: erase, then the held-out forget / paraphrase / retain rates, specificity and FID/KID
@@ -58,7 +60,8 @@ ROBUST: tuple[str, ...] = ()  # robust SEMU's settings beyond adversarial=True (
 
 SEARCHED = {"semu-null": ("semu_null.json", "benchmarks/bench_semu_null.py"),
             "semu-null-robust": ("semu_null_robust.json", "benchmarks/bench_semu_null.py --adversarial"),
-            "semu-gamma": ("semu_gamma.json", "benchmarks/bench_semu_gamma.py")}
+            "semu-gamma": ("semu_gamma.json", "benchmarks/bench_semu_gamma.py"),
+            "semu-gamma-robust": ("semu_gamma_robust.json", "benchmarks/bench_semu_gamma.py --adversarial")}
 
 
 def _searched_choice(variant: str) -> dict:

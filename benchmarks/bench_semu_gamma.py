@@ -2,6 +2,7 @@
 
     python benchmarks/bench_semu_gamma.py --spectra   # per-layer ranks at several γ, every concept (~1 min)
     python benchmarks/bench_semu_gamma.py             # the dev search; then bench_robust.py --variants ... semu-gamma
+    python benchmarks/bench_semu_gamma.py --adversarial  # robust SEMU at the chosen γ; then ... semu-gamma-robust
 
 SEMU keeps, per layer, the top singular directions of the projected forget gradient G⊥ = G − αW that
 explain a share γ of its variance ("SEMU: Singular Value Decomposition for Efficient Machine
@@ -17,11 +18,18 @@ The dev search treats γ on cross-attention as a setting like the learning rate:
 concepts' spectra only) on the dev concepts and the benchmark's selection rule
 (``bench.search.SELECTION_RULE``). Writes ``benchmarks/results/semu_gamma.json``, whose chosen
 configuration ``benchmarks/bench_robust.py`` uses for its ``semu-gamma`` variant on the test concepts.
+
+``--adversarial`` searches robust SEMU (the inner attack, optionally inside the null space) in the
+subspace of the chosen γ, :data:`GRID_ROBUST`: at γ = 1 the adversarial term cost retain accuracy on
+held-out prompts, and a subspace of 10-60 directions a layer instead of 64-128 leaves it less room to
+move what it was not asked to. Writes ``benchmarks/results/semu_gamma_robust.json`` (the
+``semu-gamma-robust`` variant).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -38,7 +46,15 @@ GAMMAS = (0.9, 0.99, 0.999, 0.9999, 1.0)
 # the fourth configuration asks whether the smaller R of 0.999 wants the larger learning rate
 GRID = [dict(gamma_cross_attention=0.99), dict(gamma_cross_attention=0.999), dict(gamma_cross_attention=0.9999),
         dict(gamma_cross_attention=0.999, learning_rate=1e-2)]
-assert len(GRID) == search.SEARCH_SIZE
+OUT_ROBUST = Path(__file__).parent / "results" / "semu_gamma_robust.json"
+# --adversarial: the γ search's choice (checked against semu_gamma.json at run time) with robust SEMU's two
+# settings searched before, adversarial_weight 1 (its default) and 0.3, each alone and inside the null space
+# at the share E = 0.8 that the null-space searches chose
+GAMMA_CHOSEN = dict(gamma_cross_attention=0.999, learning_rate=1e-2)
+GRID_ROBUST = [{**GAMMA_CHOSEN, "adversarial": True, **extra}
+               for extra in ({}, {"adversarial_weight": 0.3}, {"null_space": 0.8},
+                             {"null_space": 0.8, "adversarial_weight": 0.3})]
+assert len(GRID) == len(GRID_ROBUST) == search.SEARCH_SIZE
 
 
 def spectra_job(concepts: list[str], semu: dict) -> dict:
@@ -85,8 +101,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spectra", action="store_true",
                     help=f"only the per-layer ranks at γ {GAMMAS} (default --out results/{OUT_SPECTRA.name})")
+    ap.add_argument("--adversarial", action="store_true",
+                    help=f"search robust SEMU at the chosen γ (default --out results/{OUT_ROBUST.name})")
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.adversarial:
+        chosen = json.loads(OUT.read_text(encoding="utf-8"))["chosen"] if OUT.is_file() else None
+        if chosen is None or any(chosen.get(k) != v for k, v in GAMMA_CHOSEN.items()):
+            raise SystemExit(f"--adversarial builds on the γ search's choice {GAMMA_CHOSEN}, but {OUT.name} "
+                             f"holds {chosen}: run the γ search first and update GAMMA_CHOSEN.")
+        write_dev_search(GRID_ROBUST, Path(args.out or OUT_ROBUST))
+        return
     if not args.spectra:
         write_dev_search(GRID, Path(args.out or OUT))
         return
