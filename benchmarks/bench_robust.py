@@ -20,6 +20,8 @@ configurations of ``benchmarks/results/tuning.json`` (chosen on the dev concepts
   (``benchmarks/bench_semu_gamma.py``, ``benchmarks/results/semu_gamma.json``);
 - ``semu-gamma-robust``: robust SEMU at that γ, as its own dev search chose it
   (``bench_semu_gamma.py --adversarial``, ``benchmarks/results/semu_gamma_robust.json``);
+- ``semu-gamma-robust-retain``: the same with the retain prompts kept under the attack's tokens
+  (``adversarial_retain=True``; ``bench_semu_gamma.py --adversarial --adversarial-retain``);
 - ``esd-x``: ESD-x's tuned configuration (erase time and held-out rates, for the time ratio).
 
 For every seed: erase, then the held-out forget / paraphrase / retain rates, specificity and FID/KID
@@ -61,7 +63,9 @@ ROBUST: tuple[str, ...] = ()  # robust SEMU's settings beyond adversarial=True (
 SEARCHED = {"semu-null": ("semu_null.json", "benchmarks/bench_semu_null.py"),
             "semu-null-robust": ("semu_null_robust.json", "benchmarks/bench_semu_null.py --adversarial"),
             "semu-gamma": ("semu_gamma.json", "benchmarks/bench_semu_gamma.py"),
-            "semu-gamma-robust": ("semu_gamma_robust.json", "benchmarks/bench_semu_gamma.py --adversarial")}
+            "semu-gamma-robust": ("semu_gamma_robust.json", "benchmarks/bench_semu_gamma.py --adversarial"),
+            "semu-gamma-robust-retain": ("semu_gamma_robust_retain.json",
+                                         "benchmarks/bench_semu_gamma.py --adversarial --adversarial-retain")}
 
 
 def _searched_choice(variant: str) -> dict:

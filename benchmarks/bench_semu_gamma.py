@@ -3,6 +3,7 @@
     python benchmarks/bench_semu_gamma.py --spectra   # per-layer ranks at several γ, every concept (~1 min)
     python benchmarks/bench_semu_gamma.py             # the dev search; then bench_robust.py --variants ... semu-gamma
     python benchmarks/bench_semu_gamma.py --adversarial  # robust SEMU at the chosen γ; then ... semu-gamma-robust
+    python benchmarks/bench_semu_gamma.py --adversarial --adversarial-retain   # ... semu-gamma-robust-retain
 
 SEMU keeps, per layer, the top singular directions of the projected forget gradient G⊥ = G − αW that
 explain a share γ of its variance ("SEMU: Singular Value Decomposition for Efficient Machine
@@ -23,7 +24,10 @@ configuration ``benchmarks/bench_robust.py`` uses for its ``semu-gamma`` variant
 subspace of the chosen γ, :data:`GRID_ROBUST`: at γ = 1 the adversarial term cost retain accuracy on
 held-out prompts, and a subspace of 10-60 directions a layer instead of 64-128 leaves it less room to
 move what it was not asked to. Writes ``benchmarks/results/semu_gamma_robust.json`` (the
-``semu-gamma-robust`` variant).
+``semu-gamma-robust`` variant). It did not: on ``no-red`` held-out yellow prompts came out red or gray.
+With ``--adversarial-retain`` the same grid also keeps the retain prompts unchanged under the attack's
+tokens (``SemuConfig(adversarial_retain=True)``), into ``semu_gamma_robust_retain.json``
+(``semu-gamma-robust-retain``).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ GAMMA_CHOSEN = dict(gamma_cross_attention=0.999, learning_rate=1e-2)
 GRID_ROBUST = [{**GAMMA_CHOSEN, "adversarial": True, **extra}
                for extra in ({}, {"adversarial_weight": 0.3}, {"null_space": 0.8},
                              {"null_space": 0.8, "adversarial_weight": 0.3})]
+OUT_ROBUST_RETAIN = Path(__file__).parent / "results" / "semu_gamma_robust_retain.json"
 assert len(GRID) == len(GRID_ROBUST) == search.SEARCH_SIZE
 
 
@@ -103,14 +108,23 @@ def main() -> None:
                     help=f"only the per-layer ranks at γ {GAMMAS} (default --out results/{OUT_SPECTRA.name})")
     ap.add_argument("--adversarial", action="store_true",
                     help=f"search robust SEMU at the chosen γ (default --out results/{OUT_ROBUST.name})")
+    ap.add_argument("--adversarial-retain", action="store_true",
+                    help=f"with --adversarial: the same grid with adversarial_retain=True "
+                         f"(default --out results/{OUT_ROBUST_RETAIN.name})")
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.adversarial_retain and not args.adversarial:
+        ap.error("--adversarial-retain goes with --adversarial")
     if args.adversarial:
         chosen = json.loads(OUT.read_text(encoding="utf-8"))["chosen"] if OUT.is_file() else None
         if chosen is None or any(chosen.get(k) != v for k, v in GAMMA_CHOSEN.items()):
             raise SystemExit(f"--adversarial builds on the γ search's choice {GAMMA_CHOSEN}, but {OUT.name} "
                              f"holds {chosen}: run the γ search first and update GAMMA_CHOSEN.")
-        write_dev_search(GRID_ROBUST, Path(args.out or OUT_ROBUST))
+        if args.adversarial_retain:
+            write_dev_search([{**g, "adversarial_retain": True} for g in GRID_ROBUST],
+                             Path(args.out or OUT_ROBUST_RETAIN))
+        else:
+            write_dev_search(GRID_ROBUST, Path(args.out or OUT_ROBUST))
         return
     if not args.spectra:
         write_dev_search(GRID, Path(args.out or OUT))

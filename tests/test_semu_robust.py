@@ -63,6 +63,68 @@ def test_attack_lowers_its_objective_through_the_text_encoder(tiny_pipe):
     assert all(not p.requires_grad or p.grad is None for p in tiny_pipe.text_encoder.parameters())
 
 
+def test_carried_tokens_are_the_attack_s_on_the_retain_prompts(tiny_pipe):
+    """``carried`` appends the current tokens of a forget prompt to a retain prompt at the retain prompt's
+    own reserved positions: before the attack (vocabulary tokens) exactly the text encoder's output on
+    those token ids; after it, the retain prompt's own positions are unchanged and the rest moves."""
+    prompts, _, x_t, t, target = _prompts_and_latents(tiny_pipe)
+    retain = ["a blue circle", "a green star on a light background"]
+    adv = AdversarialPrompts(tiny_pipe, prompts, num_tokens=3, step_size=0.2,
+                             generator=torch.Generator().manual_seed(0), carriers=retain)
+    texts, positions = adv.carriers
+    assert texts == [p + FILLER * 3 for p in retain]
+    rows, carriers = torch.tensor([1, 0]), torch.tensor([0, 1])
+    tok = tiny_pipe.tokenizer
+    ids = tok(texts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    for i in range(2):
+        ids[i, positions[i]] = adv.tokens[rows[i]]
+    with torch.no_grad():
+        assert torch.allclose(adv.carried(carriers, rows).hidden_states, tiny_pipe.text_encoder(ids)[0], atol=1e-5)
+        plain = encode_conditioning(tiny_pipe, retain).hidden_states
+    adv.attack(_eps(tiny_pipe), x_t, t, target, torch.tensor([0, 1]), steps=2)  # the tokens move off the vocabulary
+    carried = adv.carried(carriers, rows)
+    assert not carried.hidden_states.requires_grad
+    for i, p in enumerate(retain):
+        n = len(tok(p).input_ids) - 1
+        assert torch.allclose(carried.hidden_states[i, :n], plain[i, :n], atol=1e-5)  # the prompt's own positions
+        assert not torch.allclose(carried.hidden_states[i, n:], plain[i, n:])
+    without = AdversarialPrompts(tiny_pipe, prompts, num_tokens=3, step_size=0.2, generator=torch.Generator())
+    with pytest.raises(InvalidConfigError, match="carriers"):
+        without.carried(carriers, rows)
+
+
+def test_adversarial_retain_adds_the_carried_retain_term(tiny_pipe, tiny_concept, fast_config, monkeypatch):
+    """With ``adversarial_retain`` every step runs the carried retain batch, R changes, the base weights do not."""
+    state = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    calls = []
+    real = AdversarialPrompts.carried
+
+    def counting(self, carrier_rows, rows):
+        calls.append((carrier_rows.clone(), rows.clone()))
+        return real(self, carrier_rows, rows)
+
+    monkeypatch.setattr(AdversarialPrompts, "carried", counting)
+    config = fast_config.with_overrides(adversarial=True)
+    robust = erase(tiny_pipe, tiny_concept, config, progress=False)
+    assert not calls
+    both = erase(tiny_pipe, tiny_concept, config.with_overrides(adversarial_retain=True), progress=False)
+    assert len(calls) == config.steps
+    assert all(len(c) == len(r) == config.batch_size for c, r in calls)
+    assert all(int(c.max()) < len(tiny_concept.retain) and int(r.max()) < len(tiny_concept.forget) for c, r in calls)
+    for k, v in tiny_pipe.unet.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert both.metadata["config"]["adversarial_retain"] is True
+    diffs = [(both.tensors[k] - robust.tensors[k]).abs().max().item() for k in robust.tensors if "lora_B" in k]
+    assert max(diffs) > 0
+
+
+def test_adversarial_retain_needs_the_attack():
+    with pytest.raises(InvalidConfigError, match="adversarial=True"):
+        SemuConfig(adversarial_retain=True)
+    with pytest.raises(InvalidConfigError, match="adversarial_retain"):
+        SemuConfig(adversarial=True, adversarial_retain="yes")
+
+
 def test_tokens_that_do_not_fit_raise(tiny_pipe):
     long = "a red circle on a dark background"  # 8 of the tokenizer's 16 positions
     with pytest.raises(InvalidConfigError, match="adversarial_tokens"):

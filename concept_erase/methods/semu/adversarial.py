@@ -24,6 +24,18 @@ and of the eval's attack (``concept_erase.evaluation.adversarial``). Two choices
   persistent "free" adversarial training does), so a few inner steps per update accumulate into a
   strong attack over training.
 
+With ``adversarial_retain`` the attack's tokens are also kept harmless to the retain prompts: each
+step appends the batch's current ``δ`` to as many retain prompts and adds the retain term on them,
+
+    + α ‖ε_{W + U R Vᵀ}(x_t(x_r), t, τ(c_r ⊕ δ*)) − ε_W(x_t(x_r), t, τ(c_r ⊕ δ*))‖²,
+
+so R has to answer the tokens only where the concept is asked for. Without it, on the shapes world's
+``no-red`` robust SEMU turned held-out yellow prompts red or gray: R learned to undo what ``δ`` does
+to any colour, and the retain term protected only the 8 retain prompts themselves, never attacked.
+It follows the preservation side of "Erasing Undesirable Concepts in Diffusion Models with
+Adversarial Preservation" (Bui et al., arXiv 2410.15618), which preserves the concepts an erasure
+disturbs most, here those the attack reaches; the teacher is the base model on the same tokens.
+
 SDXL's two text encoders each get their own ``δ`` at the same positions (both tokenizers must agree
 on them), and the pooled embedding follows the attack as the pipeline computes it. The outer update
 is SEMU's own: only R of each layer trains, the text encoders and the base weights never do, and the
@@ -67,7 +79,7 @@ def _slots(tokenizer, prompt: str, k: int) -> tuple[str, list[int]]:
     filler = tokenizer(FILLER.strip(), add_special_tokens=False).input_ids
     if len(with_slots) > limit:
         raise InvalidConfigError(
-            f"The forget prompt {prompt!r} takes {len(ids)} of the tokenizer's {limit} positions, so "
+            f"The prompt {prompt!r} takes {len(ids)} of the tokenizer's {limit} positions, so "
             f"adversarial_tokens={k} more do not fit; lower adversarial_tokens or shorten the prompt.")
     if len(filler) != 1 or with_slots[:n] != ids[:n] or with_slots[n:n + k] != filler * k:
         raise InvalidConfigError(f"The tokenizer does not give {FILLER.strip()!r} one token after {prompt!r}, so "
@@ -75,25 +87,32 @@ def _slots(tokenizer, prompt: str, k: int) -> tuple[str, list[int]]:
     return text, list(range(n, n + k))
 
 
+def _placements(encoders, prompts: list[str], k: int) -> tuple[list[str], torch.Tensor]:
+    """Each prompt with ``k`` reserved tokens, and their positions ``(P, k)``, the same under every tokenizer."""
+    slots = None
+    for tokenizer, _ in encoders:
+        found = [_slots(tokenizer, p, k) for p in prompts]
+        positions = [s for _, s in found]
+        if slots is not None and positions != slots:
+            raise InvalidConfigError("The pipeline's two tokenizers split the prompts differently, so robust "
+                                     "SEMU cannot place its adversarial tokens; set adversarial=False.")
+        slots = positions
+    return [text for text, _ in found], torch.tensor(slots)
+
+
 class AdversarialPrompts:
     """Persistent adversarial token embeddings for each forget prompt.
 
     ``step_size``: one inner step, as a fraction of the mean norm of the vocabulary's embeddings.
+    ``carriers``: other prompts (the retain prompts) that :meth:`carried` appends the tokens to.
     """
 
-    def __init__(self, pipe, prompts: list[str], *, num_tokens: int, step_size: float, generator: torch.Generator):
+    def __init__(self, pipe, prompts: list[str], *, num_tokens: int, step_size: float, generator: torch.Generator,
+                 carriers: list[str] | None = None):
         self.pipe = pipe
         self.encoders = _text_encoders(pipe)
-        slots = None
-        for tokenizer, _ in self.encoders:
-            found = [_slots(tokenizer, p, num_tokens) for p in prompts]
-            positions = [s for _, s in found]
-            if slots is not None and positions != slots:
-                raise InvalidConfigError("The pipeline's two tokenizers split the forget prompts differently, so "
-                                         "robust SEMU cannot place its adversarial tokens; set adversarial=False.")
-            slots = positions
-        self.texts = [text for text, _ in found]
-        self.positions = torch.tensor(slots)  # (P, k)
+        self.texts, self.positions = _placements(self.encoders, prompts, num_tokens)  # (P, k)
+        self.carriers = _placements(self.encoders, carriers, num_tokens) if carriers else None
         self.step_size = step_size
         special = set(self.encoders[0][0].all_special_ids)
         vocab = torch.tensor([i for i in range(len(self.encoders[0][0])) if i not in special])
@@ -108,12 +127,12 @@ class AdversarialPrompts:
             self.step.append(step_size * norms.mean())
 
     @contextlib.contextmanager
-    def _placed(self, rows: torch.Tensor, deltas: list[torch.Tensor]):
-        """Within the block, each text encoder's token embeddings at the attack's positions of ``rows``
-        are ``deltas`` (one ``(B, k, D)`` tensor per encoder)."""
+    def _placed(self, positions: torch.Tensor, deltas: list[torch.Tensor]):
+        """Within the block, each text encoder's token embeddings at ``positions`` ``(B, k)`` are
+        ``deltas`` (one ``(B, k, D)`` tensor per encoder)."""
         handles = []
         for (_, enc), d in zip(self.encoders, deltas):
-            index = self.positions[rows].to(d.device)[..., None].expand(-1, -1, d.shape[-1])
+            index = positions.to(d.device)[..., None].expand(-1, -1, d.shape[-1])
 
             def hook(module, inputs, output, d=d, index=index):
                 if output.shape[0] != len(index):  # another prompt batch (the unconditional one)
@@ -131,9 +150,19 @@ class AdversarialPrompts:
         """The conditioning of the forget prompts ``rows`` with the attack's tokens in place (it carries
         the gradient to ``deltas`` when they require it)."""
         deltas = [d[rows] for d in self.delta] if deltas is None else deltas
-        with self._placed(rows, deltas):
+        with self._placed(self.positions[rows], deltas):
             return encode_conditioning(self.pipe, [self.texts[i] for i in rows.tolist()],
                                        grad=any(d.requires_grad for d in deltas))
+
+    @torch.no_grad()
+    def carried(self, carrier_rows: torch.Tensor, rows: torch.Tensor) -> Conditioning:
+        """The conditioning of the carrier prompts ``carrier_rows`` with the current tokens of the forget
+        prompts ``rows`` appended (row ``i`` of one with row ``i`` of the other)."""
+        if self.carriers is None:
+            raise InvalidConfigError("These adversarial prompts were built without carriers (the retain prompts).")
+        texts, positions = self.carriers
+        with self._placed(positions[carrier_rows], [d[rows] for d in self.delta]):
+            return encode_conditioning(self.pipe, [texts[i] for i in carrier_rows.tolist()])
 
     def _clamp(self, d: torch.Tensor, i: int) -> torch.Tensor:
         norm = d.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -109,6 +109,10 @@ class SemuConfig(Config):
     adversarial_step_size: float = setting(0.1, "SEMU robust: inner step, as a fraction of the mean norm of the "
                                                 "vocabulary's token embeddings")
     adversarial_weight: float = setting(1.0, "SEMU robust: weight of the forget loss on the attacked prompts")
+    # With adversarial_retain, the attack's current tokens are also appended to retain prompts, and the retain
+    # term keeps the adapted model's prediction on them at the base model's (same tokens, same weight α).
+    adversarial_retain: bool = setting(False, "SEMU robust: also keep the retain prompts unchanged with the "
+                                              "attack's tokens appended (needs adversarial and retain prompts)")
     max_timestep: int = setting(1000, "train on timesteps t in [0, max_timestep)")
     seed: int = setting(0, "random seed of the training data and steps")
     # SEMU x SIMU ("SIMU: Selective Influence Machine Unlearning"): "simu" keeps only the rows of the
@@ -136,7 +140,7 @@ class SemuConfig(Config):
 
     def __post_init__(self) -> None:
         check_patterns(self)
-        for name in ("project", "stream_gradient", "adversarial"):
+        for name in ("project", "stream_gradient", "adversarial", "adversarial_retain"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidConfigError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         check_fraction(self, "gamma", "gamma_cross_attention")
@@ -161,6 +165,10 @@ class SemuConfig(Config):
         check_int(self, "max_timestep", maximum=1000)
         check_int(self, "adversarial_tokens", "adversarial_steps")
         check_number(self, "adversarial_step_size", "adversarial_weight")
+        if self.adversarial_retain and not self.adversarial:
+            raise InvalidConfigError("`adversarial_retain=True` keeps the retain prompts unchanged under robust "
+                                     "SEMU's attack, but `adversarial` is False, so there is no attack: set "
+                                     "adversarial=True as well, or adversarial_retain=False.")
         check_choice(self, "mask", SEMU_MASKS)
         check_choice(self, "mask_kind", MASK_KINDS)
         check_choice(self, "optimizer", SEMU_OPTIMIZERS)

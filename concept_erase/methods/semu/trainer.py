@@ -30,7 +30,8 @@ Two options change what the erasure costs, not what it computes:
 
 Robust SEMU (``adversarial=True``, :mod:`.adversarial`) changes what step 6 trains on: each step first
 attacks the batch's forget prompts on the current adapted model (AdvUnlearn's inner problem, arXiv
-2405.15234) and adds the forget loss on the attacked prompts; R is still all that trains.
+2405.15234) and adds the forget loss on the attacked prompts; with ``adversarial_retain`` also the
+retain term on retain prompts carrying the same attack's tokens. R is still all that trains.
 
 The pipeline is left exactly as it was, even when training fails.
 """
@@ -234,7 +235,9 @@ def _training_data(pipe, concept: Concept, config: SemuConfig, *, progress: bool
     if config.adversarial:
         adversary = AdversarialPrompts(pipe, list(concept.forget), num_tokens=config.adversarial_tokens,
                                        step_size=config.adversarial_step_size,
-                                       generator=torch.Generator().manual_seed(config.seed))
+                                       generator=torch.Generator().manual_seed(config.seed),
+                                       carriers=list(concept.retain) if config.adversarial_retain and use_retain
+                                       else None)
     return _Data(x0_f, f_idx_t, c_f, c_a, c_null, retain, alphas, pipe.scheduler, device, config.max_timestep, g,
                  adversary)
 
@@ -569,16 +572,28 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
         return x_t, t, target, rows, y, sign
 
     def retain_batch():
-        """``(x_t, t, c, y)``: a retain batch and the base model's prediction on it."""
+        """``(x_t, t, c, y, rows)``: a retain batch, the base model's prediction on it and its prompts."""
         c_r = data.retain[2]
         if pools is not None:
             pool = pools[1]
             b = torch.randint(0, len(pool.t), (min(config.batch_size, len(pool.t)),), generator=g)
-            return pool.x_t[b], pool.t[b], c_r[pool.rows[b]], pool.y[b]
+            return pool.x_t[b], pool.t[b], c_r[pool.rows[b]], pool.y[b], pool.rows[b]
         x0_r, r_idx_t, _ = data.retain
         rb = torch.randint(0, len(r_idx_t), (min(config.batch_size, len(r_idx_t)),), generator=g)
         x_t, t, _ = data.noised(x0_r, rb)
-        c = c_r[r_idx_t[rb]]
+        rows = r_idx_t[rb]
+        c = c_r[rows]
+        with torch.no_grad():
+            return x_t, t, c, base_eps(x_t, t, c), rows
+
+    carried = adversary is not None and adversary.carriers is not None
+
+    def carried_retain_batch(part, rows):
+        """``(x_t, t, c, y)``: the retain batch ``part`` with the attack's tokens of the forget prompts
+        ``rows`` appended, and the base model's prediction on that (no pool: the tokens move every step)."""
+        n = min(len(part[0]), len(rows))
+        x_t, t = part[0][:n], part[1][:n]
+        c = adversary.carried(part[4][:n], rows[:n])
         with torch.no_grad():
             return x_t, t, c, base_eps(x_t, t, c)
 
@@ -601,6 +616,11 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
             # inner: the current model attacked on these forget latents; outer: unlearn on the attacked prompts
             with _phase("semu: step, inner attack"):
                 parts.append((x_t, t, adversary.attack(eps, x_t, t, target, rows, config.adversarial_steps)))
+        carried_part = None
+        if carried and retain_part is not None:
+            with _phase("semu: step, attacked retain prompts"):  # the tokens must not move the retain prompts
+                carried_part = carried_retain_batch(retain_part, rows)
+            parts.append(carried_part[:3])
         if retain_part is not None:
             parts.append(retain_part[:3])
         with _phase("semu: step, adapted forward"):  # one UNet call for every term of the loss
@@ -615,6 +635,10 @@ def _train(params: list[torch.Tensor], eps: Callable, base_eps: Callable, data: 
             loss_r = F.mse_loss(preds[-1], retain_part[3])
             loss = loss + config.retain_weight * loss_r
             postfix["retain"] = f"{loss_r.item():.4f}"
+        if carried_part is not None:
+            loss_ra = F.mse_loss(preds[-2], carried_part[3])
+            loss = loss + config.retain_weight * loss_ra
+            postfix["retain_adv"] = f"{loss_ra.item():.4f}"
         check_finite(loss, "loss", step, hint=_HINT)
         if config.optimizer == "sophia" and step % _SOPHIA_INTERVAL == 0:
             opt.update_hessian(gnb_estimate(preds, params, batch_size=len(rows), generator=g))
